@@ -1,0 +1,129 @@
+"""Resolve one run's configuration: params.yaml → profile → experiments/ID.yaml → --set.
+
+Every layer may only change keys that the base already has, so a typo in an
+experiment file or an override is an error naming the file and key, not a
+silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+Config = dict[str, Any]
+
+
+class UserError(ValueError):
+    """Bad input from the user (a file, a key, a value); the message names it and the fix.
+
+    The CLI prints these without a traceback; every other exception is a bug and keeps one.
+    """
+
+
+class ConfigError(UserError):
+    """A configuration file or override is wrong; the message says where and how to fix it."""
+
+
+def repo_root() -> Path:
+    """The study's root: $DVC_ROOT when DVC runs a stage, else the nearest folder with params.yaml."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"])
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "params.yaml").exists():
+            return folder
+    return here
+
+
+def read_yaml(path: Path) -> Config:
+    """Read a YAML mapping, with an error that names the file when it is missing or malformed."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def merge(base: Config, update: Config, origin: str, path: str = "") -> Config:
+    """Deep-merge `update` into a copy of `base`; unknown keys raise ConfigError naming `origin`."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        dotted = f"{path}{key}"
+        if key not in out:
+            known = ", ".join(sorted(map(str, out))) or "(none)"
+            raise ConfigError(f"{origin}: unknown key '{dotted}'. Known keys here: {known}")
+        if isinstance(out[key], dict) and isinstance(value, dict):
+            out[key] = merge(out[key], value, origin, dotted + ".")
+        elif isinstance(out[key], dict):
+            raise ConfigError(f"{origin}: '{dotted}' is a section; give a mapping, not {value!r}")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> Config:
+    """Turn `train.lr=3e-4` into {'train': {'lr': 0.0003}} (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.epochs=3")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    nested: Config = value
+    for part in reversed(key.strip().split(".")):
+        nested = {part: nested}
+    return nested
+
+
+def load_config(
+    experiment: str | None = None,
+    profile: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    root: Path | None = None,
+) -> Config:
+    """The resolved configuration of one run, with `experiment` and `profile` recorded in it."""
+    root = Path(root) if root else repo_root()
+    params = read_yaml(root / "params.yaml")
+    profiles = params.pop("profiles", {}) or {}
+    params.pop("study", None)
+    description = ""
+    cfg = params
+    if profile and profile != "default":
+        if profile not in profiles:
+            raise ConfigError(
+                f"{root / 'params.yaml'}: no profile '{profile}'. Profiles: default, {', '.join(profiles)}"
+            )
+        cfg = merge(cfg, profiles[profile], f"params.yaml profiles.{profile}")
+    if experiment:
+        exp_path = root / "experiments" / f"{experiment}.yaml"
+        if not exp_path.exists():
+            known = sorted(p.stem for p in (root / "experiments").glob("*.yaml"))
+            raise ConfigError(f"{exp_path}: no such experiment. Known: {', '.join(known)}")
+        exp = read_yaml(exp_path)
+        description = str(exp.pop("description", ""))
+        cfg = merge(cfg, exp, str(exp_path))
+    for text in overrides:
+        cfg = merge(cfg, parse_override(text), f"--set {text}")
+    cfg["experiment"] = experiment or "base"
+    cfg["profile"] = profile or "default"
+    cfg["description"] = description
+    return cfg
+
+
+def flatten(cfg: Config, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} → {'a.b': 1}: the form MLflow params and tables want."""
+    flat: dict[str, Any] = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

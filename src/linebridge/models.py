@@ -1,0 +1,317 @@
+"""The dual-stream U-Net (SPEC §4): line art by concatenation, reference by cross-attention.
+
+    x_t ─┐
+         ├─ concat ─ U-Net (ResBlocks + time embedding, self-attention at `attention_sizes`)
+    L ───┘                     │ middle block → ColourCrossAttention(Q: features, K/V: reference tokens)
+    ref ── ReferenceEncoder ───┘ (4 stride-2 convs → [B, context_dim, H/16, W/16] → tokens)
+
+Variants, chosen by `model.reference`: `cross_attention` (A1–A3), `none` (A0: no
+reference at all), `concat` (A4: the reference is 3 more input channels, no cross-attention).
+`attention_sizes` are feature-map sizes in pixels (BBDM's `attention_resolutions`
+are downsample factors — a different meaning under a similar name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+REFERENCE_MODES = ("none", "cross_attention", "concat")
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with 32 groups where the width allows it (small CPU nets have few channels)."""
+    groups = math.gcd(32, channels)
+    return nn.GroupNorm(groups, channels)
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of the integer timestep index (transformer / DDPM style)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return F.pad(emb, (0, dim % 2))
+
+
+class ResBlock(nn.Module):
+    """GroupNorm → SiLU → conv, plus the time embedding, twice; 1×1 skip when widths differ."""
+
+    def __init__(self, channels: int, out_channels: int, time_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.in_layers = nn.Sequential(group_norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.time = nn.Sequential(nn.SiLU(), nn.Linear(time_dim, out_channels))
+        self.out_layers = nn.Sequential(
+            group_norm(out_channels), nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        )
+        self.skip = nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
+
+    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+        h = self.in_layers(x) + self.time(temb)[:, :, None, None]
+        return self.skip(x) + self.out_layers(h)
+
+
+class Attention(nn.Module):
+    """Multi-head attention of tokens `x` over `context` (itself when None), via SDPA."""
+
+    def __init__(self, query_dim: int, context_dim: int | None, heads: int, dim_head: int) -> None:
+        super().__init__()
+        inner = heads * dim_head
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim or query_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim or query_dim, inner, bias=False)
+        self.to_out = nn.Linear(inner, query_dim)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        context = x if context is None else context
+        b = x.shape[0]
+        q, k, v = (
+            proj(src).view(b, src.shape[1], self.heads, -1).transpose(1, 2)
+            for proj, src in ((self.to_q, x), (self.to_k, context), (self.to_v, context))
+        )
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(out.transpose(1, 2).reshape(b, x.shape[1], -1))
+
+
+class SpatialAttention(nn.Module):
+    """Residual attention on a feature map: self-attention, then cross-attention to the reference.
+
+    `context_dim=None` gives plain self-attention (BBDM's AttentionBlock); with a context
+    dimension it is LDM's depth-1 SpatialTransformer (self-attn, cross-attn, feed-forward).
+    """
+
+    def __init__(self, channels: int, heads: int, dim_head: int, context_dim: int | None = None) -> None:
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.self_attn = Attention(channels, None, heads, dim_head)
+        self.cross = context_dim is not None
+        if self.cross:
+            self.norm_cross = nn.LayerNorm(channels)
+            self.cross_attn = Attention(channels, context_dim, heads, dim_head)
+            self.norm_ff = nn.LayerNorm(channels)
+            self.ff = nn.Sequential(nn.Linear(channels, 4 * channels), nn.GELU(), nn.Linear(4 * channels, channels))
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        b, c, h, w = x.shape
+        tokens = self.norm(x).flatten(2).transpose(1, 2)
+        tokens = tokens + self.self_attn(tokens)
+        if self.cross:
+            tokens = tokens + self.cross_attn(self.norm_cross(tokens), context)
+            tokens = tokens + self.ff(self.norm_ff(tokens))
+        return x + tokens.transpose(1, 2).reshape(b, c, h, w)
+
+
+class ColourCrossAttention(nn.Module):
+    """Seed §4.2: Q from U-Net features, K/V from reference tokens, output projection, residual add."""
+
+    def __init__(self, channels: int, context_dim: int, heads: int, dim_head: int) -> None:
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.attn = Attention(channels, context_dim, heads, dim_head)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        tokens = self.norm(x).flatten(2).transpose(1, 2)
+        return x + self.attn(tokens, context).transpose(1, 2).reshape(b, c, h, w)
+
+
+class ReferenceEncoder(nn.Module):
+    """Seed §4.1: four stride-2 3×3 convs 3→64→128→256→feature_dim, each GroupNorm(8) + SiLU."""
+
+    def __init__(self, feature_dim: int, widths: tuple[int, ...] = (64, 128, 256)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for cin, cout in zip((3, *widths), (*widths, feature_dim)):
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(8, cout), nn.SiLU()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, ref: Tensor) -> Tensor:
+        """[B, 3, H, W] → [B, feature_dim, H/16, W/16]."""
+        return self.net(ref)
+
+
+class DualStreamUNet(nn.Module):
+    """ε/grad predictor: input concat(x_t, line art[, reference]), output 3 channels."""
+
+    def __init__(
+        self,
+        image_size: int,
+        model_channels: int = 32,
+        channel_mult: tuple[int, ...] = (1, 2, 2),
+        num_res_blocks: int = 1,
+        attention_sizes: tuple[int, ...] = (8,),
+        dropout: float = 0.0,
+        reference: str = "cross_attention",
+        context_dim: int = 64,
+        heads: int = 8,
+        dim_head: int = 32,
+        use_spatial_transformer: bool = False,
+    ) -> None:
+        super().__init__()
+        if reference not in REFERENCE_MODES:
+            raise ValueError(f"model.reference must be one of {REFERENCE_MODES}, got {reference!r}")
+        if image_size % 2 ** (len(channel_mult) - 1):
+            raise ValueError(f"image_size {image_size} is not divisible by 2^{len(channel_mult) - 1} (channel_mult)")
+        self.reference = reference
+        self.in_channels = 4 + (3 if reference == "concat" else 0)
+        cross_dim = context_dim if reference == "cross_attention" else None
+        spatial_ctx = cross_dim if use_spatial_transformer else None
+        time_dim = 4 * model_channels
+        self.model_channels = model_channels
+        self.time_embed = nn.Sequential(
+            nn.Linear(model_channels, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim)
+        )
+        self.ref_encoder = ReferenceEncoder(context_dim) if cross_dim else None
+
+        def attn(ch: int, size: int) -> nn.Module | None:
+            return SpatialAttention(ch, heads, dim_head, spatial_ctx) if size in attention_sizes else None
+
+        self.input_conv = nn.Conv2d(self.in_channels, model_channels, 3, padding=1)
+        self.down = nn.ModuleList()
+        skips, ch, size = [model_channels], model_channels, image_size
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                self.down.append(nn.ModuleList([ResBlock(ch, mult * model_channels, time_dim, dropout), attn(mult * model_channels, size)]))
+                ch = mult * model_channels
+                skips.append(ch)
+            if level < len(channel_mult) - 1:
+                self.down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
+                skips.append(ch)
+                size //= 2
+        self.mid = nn.ModuleList([
+            ResBlock(ch, ch, time_dim, dropout),
+            SpatialAttention(ch, heads, dim_head, spatial_ctx),
+            ResBlock(ch, ch, time_dim, dropout),
+        ])
+        self.mid_cross = ColourCrossAttention(ch, context_dim, heads, dim_head) if cross_dim else None
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for i in range(num_res_blocks + 1):
+                out = mult * model_channels
+                upsample = level > 0 and i == num_res_blocks
+                self.up.append(nn.ModuleList([
+                    ResBlock(ch + skips.pop(), out, time_dim, dropout),
+                    attn(out, size),
+                    nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(out, out, 3, padding=1)) if upsample else None,
+                ]))
+                ch = out
+                if upsample:
+                    size *= 2
+        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, 3, 3, padding=1))
+
+    def encode_reference(self, ref: Tensor | None) -> Tensor | None:
+        """Reference tokens [B, (H/16)(W/16), context_dim], or None when the variant takes none."""
+        if self.ref_encoder is None:
+            return None
+        if ref is None:
+            raise ValueError("this model colours from a reference: pass ref=[B, 3, H, W]")
+        return self.ref_encoder(ref).flatten(2).transpose(1, 2)
+
+    def forward(self, x_t: Tensor, t: Tensor, lineart: Tensor, ref: Tensor | None = None, context: Tensor | None = None) -> Tensor:
+        """`context` lets a sampler encode the reference once and reuse it at every step."""
+        parts = [x_t, lineart]
+        if self.reference == "concat":
+            if ref is None:
+                raise ValueError("the concat variant (A4) needs ref=[B, 3, H, W]")
+            parts.append(ref)
+        if context is None:
+            context = self.encode_reference(ref)
+        temb = self.time_embed(timestep_embedding(t, self.model_channels))
+        h = self.input_conv(torch.cat(parts, dim=1))
+        hs = [h]
+        for block in self.down:
+            if len(block) == 1:
+                h = block[0](h)
+            else:
+                h = block[0](h, temb)
+                if block[1] is not None:
+                    h = block[1](h, context)
+            hs.append(h)
+        h = self.mid[0](h, temb)
+        h = self.mid[1](h, context)
+        h = self.mid[2](h, temb)
+        if self.mid_cross is not None:
+            h = self.mid_cross(h, context)
+        for res, attention, upsample in self.up:
+            h = res(torch.cat([h, hs.pop()], dim=1), temb)
+            if attention is not None:
+                h = attention(h, context)
+            if upsample is not None:
+                h = upsample(h)
+        return self.out(h)
+
+
+def build_model(cfg: dict[str, Any]) -> DualStreamUNet:
+    """The one factory: any variant from a resolved config (`model` and `data.image_size`)."""
+    m = cfg["model"]
+    return DualStreamUNet(
+        image_size=cfg["data"]["image_size"],
+        model_channels=m["model_channels"],
+        channel_mult=tuple(m["channel_mult"]),
+        num_res_blocks=m["num_res_blocks"],
+        attention_sizes=tuple(m["attention_sizes"]),
+        dropout=m["dropout"],
+        reference=m["reference"],
+        context_dim=m["context_dim"],
+        heads=m["heads"],
+        dim_head=m["dim_head"],
+        use_spatial_transformer=m["use_spatial_transformer"],
+    )
+
+
+def count_parameters(module: nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def forward_flops(model: DualStreamUNet, image_size: int, batch: int = 1) -> int:
+    """FLOPs of one forward pass (torch.utils.flop_counter; a multiply-add counts as 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(batch, 3, image_size, image_size)
+    line = torch.zeros(batch, 1, image_size, image_size)
+    ref = torch.zeros(batch, 3, image_size, image_size)
+    t = torch.zeros(batch, dtype=torch.long)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x, t, line, ref)
+    return int(counter.get_total_flops())
+
+
+def model_info(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Parameter counts (total, reference encoder, cross-attention) and forward GFLOPs."""
+    model = build_model(cfg)
+    size = cfg["data"]["image_size"]
+    return {
+        "experiment": cfg["experiment"],
+        "profile": cfg["profile"],
+        "image_size": size,
+        "reference": model.reference,
+        "in_channels": model.in_channels,
+        "params_total": count_parameters(model),
+        "params_reference_encoder": count_parameters(model.ref_encoder),
+        "params_colour_cross_attention": count_parameters(model.mid_cross),
+        "gflops_forward": forward_flops(model, size) / 1e9,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--experiment", required=True, help="experiment id: A0..A4 (experiments/ID.yaml)")
+    parser.add_argument("--profile", default=None, help="params.yaml profile, e.g. 'paper' (default: the CPU profile)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a param, e.g. model.model_channels=64")
+
+
+def main(args: argparse.Namespace) -> int:
+    from linebridge.config import load_config
+
+    info = model_info(load_config(args.experiment, args.profile, args.overrides))
+    width = max(map(len, info))
+    for key, value in info.items():
+        shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else (f"{value:.3f}" if isinstance(value, float) else value)
+        print(f"{key:<{width}}  {shown}")
+    return 0
