@@ -100,6 +100,8 @@ class BrownianBridge(nn.Module):
         T = self.num_timesteps
         if not 2 <= sample_step <= T:
             raise ValueError(f"sample_step must be in [2, {T}], got {sample_step}")
+        if sample_step == T:  # no skipping (BBDM's skip_sample=False)
+            return torch.arange(T - 1, -1, -1, dtype=torch.long)
         if kind == "linear":
             if sample_step == 2:
                 return torch.tensor([T - 1, 0], dtype=torch.long)
