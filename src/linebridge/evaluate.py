@@ -1,0 +1,172 @@
+"""Evaluate one model on the fixed test protocols (SPEC §6.2) and write honest numbers.
+
+For each protocol — `self` (reference = fixed TPS-warped ground truth), `cross_gt`
+(a different emoji in the same skin tone; ΔE on the tone region says whether colour
+was transferred) and `cross_random` (no ground truth: distribution metrics and Edge IoU
+against the line art's own colour image only) — it samples every test item with a fixed
+seed and writes metrics/eval/NAME/PROTOCOL.{json,csv,png}. Metrics whose weights are
+absent are written as unavailable with the reason, never as numbers.
+
+Besides trained checkpoints, two trivial "models" calibrate the scale: `copy-lineart`
+(the line art itself) and `copy-reference` (the reference unchanged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from linebridge import metrics as M
+from linebridge.config import UserError, load_config, repo_root
+from linebridge.data import ProtocolDataset
+from linebridge.stats import bootstrap_ci
+
+PROTOCOLS = ("self", "cross_gt", "cross_random")
+TRIVIAL = ("copy-lineart", "copy-reference")
+PAIRED = ("psnr", "ssim", "lpips", "edge_iou", "delta_e", "delta_e_tone")
+
+
+def load_protocol(prepared_dir: Path, protocol: str, limit: int = 0) -> dict[str, Any]:
+    """All items of one protocol as stacked tensors (the test sets are small)."""
+    ds = ProtocolDataset(prepared_dir, protocol)
+    n = len(ds) if not limit else min(limit, len(ds))
+    items = [ds[i] for i in range(n)]
+    out: dict[str, Any] = {"id": [it["id"] for it in items]}
+    for key in items[0]:
+        if key != "id":
+            out[key] = torch.stack([it[key] for it in items])
+    return out
+
+
+def per_image_metrics(fake: Tensor, data: dict[str, Any], protocol: str) -> dict[str, Any]:
+    """Per-image values (tensors [N]) or an `unavailable` dict for each metric."""
+    gt, line = data["GT"], data["lineart"]
+    values: dict[str, Any] = {"edge_iou": M.edge_iou(fake, gt)}
+    if protocol != "cross_random":
+        values["psnr"] = M.psnr(fake, gt)
+        values["ssim"] = M.ssim(fake, gt)
+        values["delta_e"] = M.colour_error(fake, gt)
+        values["lpips"] = M.try_metric(M.lpips, fake, gt)
+    if protocol == "cross_gt":
+        values["delta_e_tone"] = M.colour_error(fake, gt, mask=data["mask"])
+    del line
+    return values
+
+
+def set_metrics(fake: Tensor, real: Tensor) -> dict[str, Any]:
+    """Distribution metrics between the generated set and the ground-truth set."""
+    return {
+        "swd": M.swd(real, fake)["mean"],
+        "fid": M.try_metric(M.fid, real, fake),
+        "kid": M.try_metric(M.kid, real, fake),
+    }
+
+
+def summarise(per_image: dict[str, Any], sets: dict[str, Any], seed: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in per_image.items():
+        out[name] = value if isinstance(value, dict) else bootstrap_ci(value.double().numpy(), seed=seed)
+    for name, value in sets.items():
+        out[name] = value if isinstance(value, dict) else {"value": float(value), "n": None}
+    return out
+
+
+def write_csv(path: Path, ids: list[str], per_image: dict[str, Any]) -> None:
+    cols = [k for k, v in per_image.items() if not isinstance(v, dict)]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", *cols])
+    for i, item in enumerate(ids):
+        w.writerow([item, *(f"{per_image[c][i].item():.6g}" for c in cols)])
+    path.write_text(buf.getvalue())
+
+
+def save_grid(path: Path, data: dict[str, Any], fake: Tensor, n: int = 16) -> None:
+    """line art | reference | output | ground truth, one row per item."""
+    from torchvision.utils import save_image
+
+    k = min(n, fake.shape[0])
+    rows = torch.stack([data["lineart"][:k].expand(-1, 3, -1, -1), data["ref"][:k], fake[:k], data["GT"][:k]], 1).flatten(0, 1)
+    save_image((rows + 1) / 2, path, nrow=4, padding=1)
+
+
+def generate(name: str, data: dict[str, Any], net, bridge, steps: int, eta: float, deterministic: bool, seed: int) -> Tensor:
+    from linebridge.inference import colorize
+
+    if name == "copy-lineart":
+        return data["lineart"].expand(-1, 3, -1, -1).clone()
+    if name == "copy-reference":
+        return data["ref"].clone()
+    ref = None if net.reference == "none" else data["ref"]
+    return colorize(net, bridge, data["lineart"], ref, steps, eta, deterministic, seed, progress=True)
+
+
+def evaluate(name: str, checkpoint: Path | None, cfg: dict[str, Any], out_dir: Path, weights: str = "ema",
+             steps: int | None = None, eta: float | None = None, deterministic: bool = False) -> dict[str, Any]:
+    """Sample and score every protocol; writes PROTOCOL.json/.csv/.png (and samples) into out_dir."""
+    from linebridge.inference import load_model
+    from linebridge.metrics import EDGE_IOU_DEFINITION
+
+    net = bridge = None
+    if name not in TRIVIAL:
+        net, bridge, _ = load_model(checkpoint, weights)
+    ec, bc = cfg["eval"], cfg["bridge"]
+    steps = steps or ec["sample_step"]
+    eta = bc["eta"] if eta is None else eta
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for protocol in PROTOCOLS:
+        data = load_protocol(Path(repo_root() / cfg["data"]["prepared_dir"]), protocol, ec["max_images"])
+        t0 = time.perf_counter()
+        fake = generate(name, data, net, bridge, steps, eta, deterministic, cfg["seed"])
+        seconds = time.perf_counter() - t0
+        per_image = per_image_metrics(fake, data, protocol)
+        result = {
+            "model": name,
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "weights": weights if net is not None else None,
+            "protocol": protocol,
+            "sampler": None if net is None else {"steps": steps, "eta": eta, "deterministic": deterministic, "seed": cfg["seed"]},
+            "n_images": len(data["id"]),
+            "seconds_per_image": None if net is None else round(seconds / len(data["id"]), 4),
+            "metrics": summarise(per_image, set_metrics(fake, data["GT"]), cfg["seed"]),
+            "edge_iou_definition": EDGE_IOU_DEFINITION,
+        }
+        (out_dir / f"{protocol}.json").write_text(json.dumps(result, indent=2) + "\n")
+        write_csv(out_dir / f"{protocol}.csv", data["id"], per_image)
+        save_grid(out_dir / f"{protocol}.png", data, fake)
+        results[protocol] = result
+    return results
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--experiment", required=True, help=f"experiment id (A0..A4) or a trivial model: {', '.join(TRIVIAL)}")
+    parser.add_argument("--profile", default=None, help="params.yaml profile")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a param")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint (default outputs/train/ID/best.pt)")
+    parser.add_argument("--weights", choices=["ema", "raw"], default="ema", help="EMA (default) or raw weights")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default eval.sample_step)")
+    parser.add_argument("--eta", type=float, default=None, help="BBDM eta (scales the sampler noise)")
+    parser.add_argument("--deterministic", action="store_true", help="DDIM-style deterministic sampler")
+    parser.add_argument("--out", default=None, help="output folder (default metrics/eval/NAME)")
+
+
+def main(args: argparse.Namespace) -> int:
+    name = args.experiment
+    cfg = load_config(None if name in TRIVIAL else name, args.profile, args.overrides)
+    ckpt = None if name in TRIVIAL else Path(args.checkpoint or repo_root() / "outputs" / "train" / name / "best.pt")
+    label = name if args.weights == "ema" else f"{name}-raw"
+    out = Path(args.out) if args.out else repo_root() / "metrics" / "eval" / label
+    results = evaluate(name, ckpt, cfg, out, args.weights, args.steps, args.eta, args.deterministic)
+    for protocol, res in results.items():
+        shown = {k: (f"{v['mean']:.4f}" if "mean" in v else ("n/a" if v.get("unavailable") else f"{v['value']:.4f}")) for k, v in res["metrics"].items()}
+        print(protocol, res["n_images"], shown)
+    return 0

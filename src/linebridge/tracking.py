@@ -1,0 +1,67 @@
+"""MLflow plumbing: one URI resolution, run tags, batched metric logging.
+
+`import mlflow` costs seconds, so it happens only inside these functions.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from linebridge.config import flatten, repo_root
+
+
+def tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI if set, else sqlite:///<repo root>/mlflow.db (DVC_ROOT-aware)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def git_commit() -> str:
+    """The commit the code ran at (with '-dirty' when the tree has changes), or 'unknown'."""
+    try:
+        root = repo_root()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def start_run(experiment_name: str, run_name: str, cfg: dict[str, Any], tags: dict[str, str], run_id: str | None = None):
+    """Start (or, with run_id, resume) an MLflow run with the resolved config as params."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_experiment(experiment_name)
+    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
+    if run_id is None:
+        params = {k: str(v)[:500] for k, v in flatten(cfg).items()}
+        mlflow.log_params(params)
+        mlflow.set_tags({"git_commit": git_commit(), **tags})
+    return run
+
+
+def log_metrics(metrics: dict[str, float], step: int) -> None:
+    """All of one step's values in one request (per-value calls are slow on sqlite)."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    mlflow.MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=batch)
+
+
+def log_image(path: Path, artifact_path: str = "samples") -> None:
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path)
+
+
+def end_run(status: str = "FINISHED") -> None:
+    import mlflow
+
+    mlflow.end_run(status=status)

@@ -1,0 +1,332 @@
+"""Train one experiment (SPEC §5), read top to bottom.
+
+    config → data → model + bridge → loop(epochs: batches → loss → AdamW → EMA)
+           → validate (EMA, fixed timesteps) → checkpoint / early stop → load best → outputs
+
+Determinism: one seed drives everything; the batch order of epoch e comes from
+(seed, e), and the global RNG (timesteps, noise, TPS, jitter) is saved in every
+checkpoint, so `--resume` after `kill -9` replays the same numbers as a run that
+was never stopped. Checkpoints are taken at epoch ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from linebridge import checkpoint
+from linebridge.augment import make_reference
+from linebridge.bridge import BrownianBridge
+from linebridge.config import Config, UserError, load_config, repo_root
+from linebridge.data import build_dataset
+from linebridge.losses import edge_weighted_l1
+from linebridge.models import build_model
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class Paths:
+    out: Path       # checkpoints and samples (DVC cache)
+    metrics: Path   # small JSON summary (committed)
+    history: Path   # per-epoch CSV for `dvc plots` (committed)
+
+    @classmethod
+    def for_experiment(cls, experiment: str, out: str | Path | None = None) -> "Paths":
+        """Default: outputs/train/ID plus metrics/train/ID.{json,csv}; with `out`, all inside it."""
+        if out:
+            return cls(Path(out), Path(out) / "metrics.json", Path(out) / "history.csv")
+        root = repo_root()
+        return cls(root / "outputs" / "train" / experiment, root / "metrics" / "train" / f"{experiment}.json",
+                   root / "metrics" / "train" / f"{experiment}.csv")
+
+
+def build_bridge(cfg: Config) -> BrownianBridge:
+    b = cfg["bridge"]
+    return BrownianBridge(b["num_timesteps"], b["max_var"], b["objective"], b["mt_type"])
+
+
+class EMA:
+    """Shadow weights: copies the model before `start`, then shadow ← r·shadow + (1−r)·weights."""
+
+    def __init__(self, model: nn.Module, rate: float, start: int) -> None:
+        self.rate, self.start = rate, start
+        self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        for s, p in zip(self.shadow.state_dict().values(), model.state_dict().values()):
+            if step < self.start or not s.dtype.is_floating_point:
+                s.copy_(p)
+            else:
+                s.lerp_(p, 1.0 - self.rate)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; a no-op on CPU (bf16 is slower than fp32 on this CPU)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def diffusion_loss(net: nn.Module, bridge: BrownianBridge, batch: dict[str, Tensor], ref: Tensor, cfg: Config,
+                   t: Tensor, noise: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """L_diff + λ_edge·L_edge for one batch at given timesteps and noise."""
+    target, line = batch["GT"], batch["lineart"]
+    source = line.expand(-1, 3, -1, -1)
+    x_t, objective = bridge.q_sample(target, source, t, noise)
+    out = net(x_t, t, line, ref).float()
+    loss_diff = F.l1_loss(out, objective)
+    loss = loss_diff
+    parts = {"loss_diff": loss_diff.detach()}
+    lc = cfg["loss"]
+    if lc["lambda_edge"] > 0:
+        if lc["edge_target"] == "reconstruction":
+            pred, goal = bridge.predict_target(x_t, source, t, out), target
+        else:
+            pred, goal = out, objective
+        loss_edge = edge_weighted_l1(pred, goal, line, lc["edge_weight"], lc["edge_threshold"])
+        loss = loss + lc["lambda_edge"] * loss_edge
+        parts["loss_edge"] = loss_edge.detach()
+    return loss, parts
+
+
+def batches(dataset, batch_size: int, seed: int, epoch: int, skip: int = 0, shuffle: bool = True, drop_last: bool = True):
+    """Index batches of one epoch; the order depends only on (seed, epoch)."""
+    n = len(dataset)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)) if shuffle else torch.arange(n)
+    chunks = [c.tolist() for c in order.split(batch_size) if not drop_last or len(c) == batch_size]
+    return chunks[skip:]
+
+
+def collate(dataset, indices: list[int], device: torch.device) -> dict[str, Tensor]:
+    items = [dataset[i] for i in indices]
+    return {k: torch.stack([it[k] for it in items]).to(device) for k in ("GT", "lineart")}
+
+
+@torch.no_grad()
+def validate(net: nn.Module, bridge: BrownianBridge, dataset, cfg: Config, device: torch.device) -> float:
+    """Loss averaged over `val_timesteps` fixed-seed timesteps per sample: comparable across epochs."""
+    net.eval()
+    total, count = 0.0, 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg["seed"] + 7919)
+        for idx in batches(dataset, cfg["train"]["batch_size"], 0, 0, shuffle=False, drop_last=False):
+            batch = collate(dataset, idx, device)
+            ref = reference_for(batch["GT"], cfg)
+            for _ in range(cfg["train"]["val_timesteps"]):
+                t = torch.randint(0, bridge.num_timesteps, (len(idx),)).to(device)
+                noise = torch.randn(batch["GT"].shape).to(device)
+                with autocast(device):
+                    loss, _ = diffusion_loss(net, bridge, batch, ref, cfg, t, noise)
+                total += loss.item() * len(idx)
+                count += len(idx)
+    return total / max(count, 1)
+
+
+def reference_for(gt: Tensor, cfg: Config) -> Tensor:
+    a = cfg["augment"]
+    return make_reference(gt, a["use_tps"], a["tps_scale"], a["jitter"])
+
+
+def sample_grid(net: nn.Module, bridge: BrownianBridge, dataset, cfg: Config, device: torch.device, path: Path, n: int = 8, steps: int = 20) -> Path:
+    """PNG grid, one row per item: line art | reference | sample | ground truth."""
+    from torchvision.utils import save_image
+
+    from linebridge.inference import colorize
+
+    net.eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg["seed"])
+        batch = collate(dataset, list(range(min(n, len(dataset)))), device)
+        ref = reference_for(batch["GT"], cfg)
+    line = batch["lineart"]
+    fake = colorize(net, bridge, line, ref, steps, seed=cfg["seed"])
+    rows = torch.stack([line.expand(-1, 3, -1, -1), ref, fake, batch["GT"]], dim=1).flatten(0, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image((rows + 1) / 2, path, nrow=4, padding=1)
+    return path
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_history(history: list[dict[str, Any]], path: Path) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["epoch", "step", "train_loss", "val_loss", "lr"], extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    write_atomic(path, buf.getvalue())
+
+
+def train(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Train `cfg` into `paths`; returns the summary that is also written to paths.metrics."""
+    from tqdm.auto import tqdm
+
+    tc = cfg["train"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(cfg["seed"])
+    train_set, val_set = build_dataset(cfg, "train"), build_dataset(cfg, "val")
+    if tc["max_train_images"]:
+        train_set = torch.utils.data.Subset(train_set, range(min(tc["max_train_images"], len(train_set))))
+        val_set = torch.utils.data.Subset(val_set, range(min(tc["max_train_images"], len(val_set))))
+    if len(train_set) < tc["batch_size"]:
+        raise UserError(f"train split has {len(train_set)} images, fewer than train.batch_size={tc['batch_size']}")
+
+    net = build_model(cfg).to(device)
+    bridge = build_bridge(cfg).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"], betas=tuple(tc["betas"]))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=tc["epochs"], eta_min=tc["eta_min"])
+    ema = EMA(net, tc["ema_rate"], tc["ema_start"])
+    if cfg["loss"]["lambda_lpips"] > 0:
+        raise UserError("loss.lambda_lpips > 0 needs the LPIPS VGG weights, which this build does not load yet; set loss.lambda_lpips=0")
+
+    epoch, step, best_val, bad_epochs, history, wall = 0, 0, math.inf, 0, [], 0.0
+    last = paths.out / "last.pt"
+    timing = paths.out / "timing.json"  # wall time lives beside the checkpoint, so checkpoints stay byte-reproducible
+    if resume and last.exists():
+        state = checkpoint.load(last, map_location=device)
+        if state["config"] != cfg:
+            print(f"{last}: saved with a different config; starting from scratch")
+        else:
+            net.load_state_dict(state["model"])
+            ema.shadow.load_state_dict(state["ema"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"])
+            epoch, step, best_val, bad_epochs = state["epoch"], state["step"], state["best_val"], state["bad_epochs"]
+            history = state["history"]
+            wall = json.loads(timing.read_text())["wall_time_s"] if timing.exists() else 0.0
+            print(f"resuming {cfg['experiment']} after epoch {epoch} (step {step})")
+
+    run_id_file = paths.out / "mlflow_run_id"
+    if log_mlflow:
+        from linebridge import tracking
+
+        old_id = run_id_file.read_text().strip() if resume and epoch > 0 and run_id_file.exists() else None
+        run = tracking.start_run("train", f"train-{cfg['experiment']}", cfg,
+                                 {"stage": f"train@{cfg['experiment']}", "experiment_id": cfg["experiment"], "profile": cfg["profile"]}, old_id)
+        write_atomic(run_id_file, run.info.run_id)
+
+    stopped_early = bad_epochs >= tc["patience"]
+    try:
+        while epoch < tc["epochs"] and not stopped_early:
+            net.train()
+            t0 = time.perf_counter()
+            sums, seen = torch.zeros((), device=device), 0
+            bar = tqdm(batches(train_set, tc["batch_size"], cfg["seed"], epoch), desc=f"{cfg['experiment']} epoch {epoch + 1}/{tc['epochs']}",
+                       unit="batch", disable=not progress, leave=False)
+            for idx in bar:
+                batch = collate(train_set, idx, device)
+                ref = reference_for(batch["GT"], cfg)
+                t = torch.randint(0, bridge.num_timesteps, (len(idx),)).to(device)
+                noise = torch.randn(batch["GT"].shape).to(device)
+                with autocast(device):
+                    loss, _ = diffusion_loss(net, bridge, batch, ref, cfg, t, noise)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"{cfg['experiment']}: loss is {loss.item()} at step {step + 1} (epoch {epoch + 1}); "
+                        f"the last good checkpoint is kept at {last}. Lower train.lr or check the data."
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(net.parameters(), tc["grad_clip"])
+                opt.step()
+                step += 1
+                ema.update(net, step)
+                sums += loss.detach() * len(idx)
+                seen += len(idx)
+                if step % 10 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            epoch_time = time.perf_counter() - t0
+            wall += epoch_time
+            lr = opt.param_groups[0]["lr"]
+            sched.step()
+            val_loss = validate(ema.shadow, bridge, val_set, cfg, device)
+            train_loss = (sums / max(seen, 1)).item()
+            epoch += 1
+            history.append({"epoch": epoch, "step": step, "train_loss": train_loss, "val_loss": val_loss, "lr": lr})
+            improved = val_loss < best_val - tc["min_delta"]
+            if improved:
+                best_val, bad_epochs = val_loss, 0
+            else:
+                bad_epochs += 1
+            stopped_early = bad_epochs >= tc["patience"]
+            print(f"{cfg['experiment']} epoch {epoch}: train {train_loss:.4f}  val {val_loss:.4f}  "
+                  f"{seen / epoch_time:.0f} img/s{'  (best)' if improved else ''}", flush=True)
+            if improved:
+                checkpoint.save({"kind": checkpoint.KIND, "config": cfg, "model": net.state_dict(), "ema": ema.shadow.state_dict(),
+                                 "epoch": epoch, "step": step, "val_loss": val_loss}, paths.out / "best.pt")
+            if log_mlflow:
+                tracking.log_metrics({"train_loss": train_loss, "val_loss": val_loss, "lr": lr, "images_per_s": seen / epoch_time}, epoch)
+                if epoch % tc["sample_every"] == 0 or epoch == tc["epochs"]:
+                    grid = sample_grid(ema.shadow, bridge, val_set, cfg, device, paths.out / "samples" / f"epoch_{epoch:03d}.png")
+                    tracking.log_image(grid)
+            if epoch % tc["checkpoint_every"] == 0 or epoch == tc["epochs"] or stopped_early:
+                checkpoint.save({"kind": checkpoint.KIND, "config": cfg, "model": net.state_dict(), "ema": ema.shadow.state_dict(),
+                                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
+                                 "epoch": epoch, "step": step, "best_val": best_val, "bad_epochs": bad_epochs,
+                                 "history": history}, last)
+                write_atomic(timing, json.dumps({"wall_time_s": wall}) + "\n")
+    except BaseException:
+        if log_mlflow:
+            tracking.end_run("FAILED")
+        raise
+
+    best = checkpoint.load(paths.out / "best.pt", map_location=device)
+    summary = {
+        "experiment": cfg["experiment"],
+        "profile": cfg["profile"],
+        "best_val_loss": best["val_loss"],
+        "best_epoch": best["epoch"],
+        "epochs_run": epoch,
+        "steps": step,
+        "stopped_early": stopped_early,
+        "train_images": len(train_set),
+        "wall_time_s": round(wall, 1),
+    }
+    write_history(history, paths.history)
+    write_atomic(paths.metrics, json.dumps(summary, indent=2) + "\n")
+    if log_mlflow:
+        tracking.log_metrics({"best_val_loss": best["val_loss"]}, epoch)
+        tracking.end_run()
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--experiment", required=True, help="experiment id: A0..A4 (experiments/ID.yaml)")
+    parser.add_argument("--profile", default=None, help="params.yaml profile: default CPU profile, 'paper' (GPU) or 'tiny'")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a param, e.g. --set train.epochs=3 (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists and its config matches")
+    parser.add_argument("--out", default=None, help="checkpoint folder (default outputs/train/ID)")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = load_config(args.experiment, args.profile, args.overrides)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    try:
+        summary = train(cfg, Paths.for_experiment(args.experiment, args.out), resume=args.resume, log_mlflow=not args.no_mlflow)
+    except TrainingDiverged as err:
+        print(f"linebridge train: {err}")
+        return 3
+    print(json.dumps(summary, indent=2))
+    return 0

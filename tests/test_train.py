@@ -1,0 +1,145 @@
+"""Training: determinism, kill -9 and resume, corrupted checkpoints, NaN, MLflow logging."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from linebridge import checkpoint
+from linebridge.cli import main as cli_main
+from linebridge.config import load_config
+from linebridge.train import Paths, TrainingDiverged, train
+
+EPOCHS = ["--set", "train.epochs=3"]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def same_state(a, b) -> bool:
+    """Exact equality of two checkpoint trees (tensors bit for bit, values by ==)."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    return a == b
+
+
+def run_train(out: Path, *extra: str) -> int:
+    return cli_main(["train", "--experiment", "A3", "--profile", "tiny", "--no-mlflow", "--out", str(out), *EPOCHS, *extra])
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_study, tmp_path_factory) -> Path:
+    """An uninterrupted 3-epoch tiny A3 run that the other tests compare against."""
+    out = tmp_path_factory.mktemp("ref") / "A3"
+    old = os.getcwd()
+    os.chdir(tiny_study)
+    try:
+        assert run_train(out) == 0
+    finally:
+        os.chdir(old)
+    return out
+
+
+def test_same_seed_same_checkpoint_bytes(in_study, reference_run, tmp_path):
+    assert run_train(tmp_path / "again") == 0
+    for name in ("last.pt", "best.pt", "history.csv"):
+        assert sha(tmp_path / "again" / name) == sha(reference_run / name), name
+
+
+def test_other_seed_differs(in_study, reference_run, tmp_path):
+    assert run_train(tmp_path / "seed1", "--set", "seed=1") == 0
+    assert sha(tmp_path / "seed1" / "last.pt") != sha(reference_run / "last.pt")
+
+
+def test_kill9_then_resume_gives_same_weights(in_study, reference_run, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "linebridge.cli", "train", "--experiment", "A3", "--profile", "tiny", "--no-mlflow", "--out", str(out), *EPOCHS]
+    proc = subprocess.Popen(cmd, cwd=in_study, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (out / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere inside epoch 2: mid-batch, mid-validation or mid-write
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = checkpoint.load(out / "last.pt")["epoch"]
+    assert killed_at < 3, "the run finished before it could be killed; the test proves nothing"
+    assert run_train(out, "--resume") == 0
+    # Same weights, EMA, optimiser, scheduler and RNG state, bit for bit. (The files' bytes can
+    # differ: a state that went through torch.load serialises its storages in another layout.)
+    for name in ("last.pt", "best.pt"):
+        assert same_state(checkpoint.load(out / name), checkpoint.load(reference_run / name)), name
+    assert (out / "history.csv").read_text() == (reference_run / "history.csv").read_text()
+
+
+def test_corrupted_checkpoint_is_a_clear_error(in_study, reference_run, tmp_path, capsys):
+    out = tmp_path / "corrupt"
+    out.mkdir()
+    data = (reference_run / "last.pt").read_bytes()
+    (out / "last.pt").write_bytes(data[: len(data) // 2])
+    assert run_train(out, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "truncated or corrupted" in err and str(out / "last.pt") in err
+
+
+def test_checkpoint_loading_refuses_pickled_objects(tmp_path):
+    bad = tmp_path / "evil.pt"
+    torch.save({"kind": checkpoint.KIND, "payload": Path("x")}, bad)
+    with pytest.raises(checkpoint.CheckpointError, match="disallowed|not a linebridge"):
+        checkpoint.load(bad)
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(checkpoint.CheckpointError, match="expected 'linebridge-bbdm'"):
+        checkpoint.load(other)
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(in_study, tmp_path, monkeypatch):
+    import linebridge.train as T
+
+    real = T.diffusion_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        loss, parts = real(*args, **kwargs)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 6:  # step 6: inside epoch 2 (4 steps per epoch at the tiny profile)
+                return loss * float("nan"), parts
+        return loss, parts
+
+    monkeypatch.setattr(T, "diffusion_loss", poisoned)
+    cfg = load_config("A3", "tiny", ["train.epochs=3"])
+    paths = Paths.for_experiment("A3", tmp_path / "nan")
+    with pytest.raises(TrainingDiverged, match="at step 6"):
+        train(cfg, paths, log_mlflow=False, progress=False)
+    state = checkpoint.load(paths.out / "last.pt")
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_training_logs_to_mlflow(in_study, tmp_path):
+    import mlflow
+
+    out = tmp_path / "logged"
+    assert cli_main(["train", "--experiment", "A1", "--profile", "tiny", "--out", str(out)]) == 0
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    run_id = (out / "mlflow_run_id").read_text().strip()
+    run = client.get_run(run_id)
+    assert run.data.params["model.reference"] == "cross_attention"
+    assert run.data.tags["experiment_id"] == "A1" and run.data.tags["git_commit"]
+    history = client.get_metric_history(run_id, "val_loss")
+    assert [m.step for m in history] == [1, 2]
+    artifacts = [a.path for a in client.list_artifacts(run_id, "samples")]
+    assert artifacts == ["samples/epoch_002.png"]
+    assert run.info.status == "FINISHED"
