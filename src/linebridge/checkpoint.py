@@ -18,6 +18,7 @@ import torch
 from linebridge.config import UserError
 
 KIND = "linebridge-bbdm"
+GAN_KIND = "linebridge-gan"  # Pix2Pix / SCFT baselines (baselines.py)
 
 
 class CheckpointError(UserError):

@@ -19,6 +19,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("train", "linebridge.train", "train one experiment (A0-A4 or a baseline)"),
     ("evaluate", "linebridge.evaluate", "sample the fixed test protocols and compute metrics"),
     ("colorize", "linebridge.colorize", "colorize your own line art with a trained checkpoint"),
+    ("tune", "linebridge.tune", "Optuna study of lambda_edge and TPS strength for the full method (A3)"),
     ("report", "linebridge.report", "write reports/ablation.md from the evaluated runs"),
 ]
 
@@ -37,35 +38,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module, help_text in COMMANDS:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_module=module)
-        p.set_defaults(_pending=True)
+        sub.add_parser(name, help=help_text, description=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    # First pass finds the command; its module then adds its own arguments.
-    known, _ = parser.parse_known_args(argv) if argv and not argv[0].startswith("-") else (None, None)
-    if known is None or known.command is None:
-        parser.parse_args(argv)
+    commands = {name: (module, help_text) for name, module, help_text in COMMANDS}
+    if not argv or argv[0] not in commands:
+        parser.parse_args(argv)  # --help, or an error naming the unknown command
         parser.print_help()
         return 0
-    module = _load(known._module)
+    name, rest = argv[0], argv[1:]
+    module_name, help_text = commands[name]
+    module = _load(module_name)
     sub = argparse.ArgumentParser(
-        prog=f"linebridge {known.command}",
-        description=dict((c, h) for c, _, h in COMMANDS)[known.command],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=f"linebridge {name}", description=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     module.add_arguments(sub)
-    args = sub.parse_args(argv[1:])
+    args = sub.parse_args(rest)
     from linebridge.config import UserError
 
     try:
         return int(module.main(args) or 0)
     except (UserError, FileNotFoundError) as err:
-        print(f"linebridge {known.command}: error: {err}", file=sys.stderr)
+        print(f"linebridge {name}: error: {err}", file=sys.stderr)
         return 2
 
 

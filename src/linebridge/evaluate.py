@@ -31,6 +31,7 @@ from linebridge.stats import bootstrap_ci
 
 PROTOCOLS = ("self", "cross_gt", "cross_random")
 TRIVIAL = ("copy-lineart", "copy-reference")
+GRID_ITEMS = 8
 PAIRED = ("psnr", "ssim", "lpips", "edge_iou", "delta_e", "delta_e_tone")
 
 
@@ -98,53 +99,98 @@ def save_grid(path: Path, data: dict[str, Any], fake: Tensor, n: int = 16) -> No
     save_image((rows + 1) / 2, path, nrow=4, padding=1)
 
 
-def generate(name: str, data: dict[str, Any], net, bridge, steps: int, eta: float, deterministic: bool, seed: int) -> Tensor:
-    from linebridge.inference import colorize
-
+def generate(name: str, data: dict[str, Any], colorizer, seed: int) -> Tensor:
     if name == "copy-lineart":
         return data["lineart"].expand(-1, 3, -1, -1).clone()
     if name == "copy-reference":
         return data["ref"].clone()
-    ref = None if net.reference == "none" else data["ref"]
-    return colorize(net, bridge, data["lineart"], ref, steps, eta, deterministic, seed, progress=True)
+    return colorizer(data["lineart"], data["ref"], seed)
 
 
 def evaluate(name: str, checkpoint: Path | None, cfg: dict[str, Any], out_dir: Path, weights: str = "ema",
-             steps: int | None = None, eta: float | None = None, deterministic: bool = False) -> dict[str, Any]:
-    """Sample and score every protocol; writes PROTOCOL.json/.csv/.png (and samples) into out_dir."""
-    from linebridge.inference import load_model
+             steps: int | None = None, eta: float | None = None, deterministic: bool = False,
+             protocols: tuple[str, ...] = PROTOCOLS) -> dict[str, Any]:
+    """Sample and score each protocol; writes PROTOCOL.json/.csv/.png into out_dir."""
+    from linebridge.inference import load_colorizer
     from linebridge.metrics import EDGE_IOU_DEFINITION
 
-    net = bridge = None
-    if name not in TRIVIAL:
-        net, bridge, _ = load_model(checkpoint, weights)
     ec, bc = cfg["eval"], cfg["bridge"]
     steps = steps or ec["sample_step"]
     eta = bc["eta"] if eta is None else eta
+    colorizer = None
+    if name not in TRIVIAL:
+        colorizer, model_cfg = load_colorizer(checkpoint, weights, steps, eta, deterministic)
+        if model_cfg["model"]["family"] != "bbdm":
+            steps = None
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {}
-    for protocol in PROTOCOLS:
+    for protocol in protocols:
         data = load_protocol(Path(repo_root() / cfg["data"]["prepared_dir"]), protocol, ec["max_images"])
         t0 = time.perf_counter()
-        fake = generate(name, data, net, bridge, steps, eta, deterministic, cfg["seed"])
+        fake = generate(name, data, colorizer, cfg["seed"])
         seconds = time.perf_counter() - t0
         per_image = per_image_metrics(fake, data, protocol)
         result = {
             "model": name,
-            "checkpoint": str(checkpoint) if checkpoint else None,
-            "weights": weights if net is not None else None,
+            "checkpoint": str(checkpoint.relative_to(repo_root())) if checkpoint and checkpoint.is_relative_to(repo_root()) else (str(checkpoint) if checkpoint else None),
+            "weights": weights if colorizer is not None else None,
             "protocol": protocol,
-            "sampler": None if net is None else {"steps": steps, "eta": eta, "deterministic": deterministic, "seed": cfg["seed"]},
+            "sampler": None if not steps or colorizer is None else {"steps": steps, "eta": eta, "deterministic": deterministic, "seed": cfg["seed"]},
             "n_images": len(data["id"]),
-            "seconds_per_image": None if net is None else round(seconds / len(data["id"]), 4),
             "metrics": summarise(per_image, set_metrics(fake, data["GT"]), cfg["seed"]),
             "edge_iou_definition": EDGE_IOU_DEFINITION,
         }
-        (out_dir / f"{protocol}.json").write_text(json.dumps(result, indent=2) + "\n")
+        timing = {"seconds_per_image": seconds / len(data["id"])}
+        write_json(out_dir / f"{protocol}.json", result)
+        write_json(out_dir / f"{protocol}.timing.json", timing)
         write_csv(out_dir / f"{protocol}.csv", data["id"], per_image)
         save_grid(out_dir / f"{protocol}.png", data, fake)
-        results[protocol] = result
+        save_outputs(out_dir / f"{protocol}.outputs.png", fake)
+        results[protocol] = {**result, **timing}
     return results
+
+
+def save_outputs(path: Path, fake: Tensor, n: int = GRID_ITEMS) -> None:
+    """The first n outputs side by side, no padding: the report's cross-model grid reads them back."""
+    from torchvision.utils import save_image
+
+    save_image((fake[:n] + 1) / 2, path, nrow=n, padding=0)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def sweep(checkpoint: Path, cfg: dict[str, Any], out_path: Path) -> list[dict[str, Any]]:
+    """Quality and seconds per image for each step count in eval.sweep_steps, η = 1 and deterministic.
+
+    On the first eval.sweep_images items of the self-reference protocol (the same items,
+    references and seed for every row).
+    """
+    from linebridge.inference import load_colorizer
+
+    ec = cfg["eval"]
+    data = load_protocol(Path(repo_root() / cfg["data"]["prepared_dir"]), "self", ec["sweep_images"])
+    rows = []
+    for steps in ec["sweep_steps"]:
+        for deterministic in (False, True):
+            fn, _ = load_colorizer(checkpoint, "ema", steps, 1.0, deterministic)
+            t0 = time.perf_counter()
+            fake = fn(data["lineart"], data["ref"], cfg["seed"])
+            seconds = (time.perf_counter() - t0) / len(data["id"])
+            per_image = per_image_metrics(fake, data, "self")
+            rows.append({
+                "steps": steps,
+                "sampler": "deterministic (ODE)" if deterministic else "eta=1 (ancestral)",
+                "seconds_per_image": seconds,
+                "n_images": len(data["id"]),
+                "metrics": summarise({k: v for k, v in per_image.items() if not isinstance(v, dict)}, {}, cfg["seed"]),
+            })
+            print(f"{steps:>4} steps {rows[-1]['sampler']:<20} {seconds * 1000:8.1f} ms/image  "
+                  f"PSNR {rows[-1]['metrics']['psnr']['mean']:.2f}  ΔE {rows[-1]['metrics']['delta_e']['mean']:.2f}", flush=True)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out_path, {"checkpoint": str(checkpoint), "protocol": "self", "rows": rows})
+    return rows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -157,6 +203,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eta", type=float, default=None, help="BBDM eta (scales the sampler noise)")
     parser.add_argument("--deterministic", action="store_true", help="DDIM-style deterministic sampler")
     parser.add_argument("--out", default=None, help="output folder (default metrics/eval/NAME)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="instead: the sampling-steps sweep (eval.sweep_steps × {eta=1, deterministic}) → OUT/sweep.json")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -165,6 +213,9 @@ def main(args: argparse.Namespace) -> int:
     ckpt = None if name in TRIVIAL else Path(args.checkpoint or repo_root() / "outputs" / "train" / name / "best.pt")
     label = name if args.weights == "ema" else f"{name}-raw"
     out = Path(args.out) if args.out else repo_root() / "metrics" / "eval" / label
+    if args.sweep:
+        sweep(ckpt, cfg, out / "sweep.json")
+        return 0
     results = evaluate(name, ckpt, cfg, out, args.weights, args.steps, args.eta, args.deterministic)
     for protocol, res in results.items():
         shown = {k: (f"{v['mean']:.4f}" if "mean" in v else ("n/a" if v.get("unavailable") else f"{v['value']:.4f}")) for k, v in res["metrics"].items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,6 +25,34 @@ def load_model(path: Path, weights: str = "ema", device: torch.device | str = "c
     net = build_model(cfg).to(device)
     net.load_state_dict(state["ema" if weights == "ema" else "model"])
     return net.eval(), build_bridge(cfg).to(device), cfg
+
+
+Colorizer = Callable[[Tensor, "Tensor | None", int], Tensor]
+
+
+def load_colorizer(path: Path, weights: str = "ema", steps: int | None = None, eta: float | None = None,
+                   deterministic: bool = False, device: torch.device | str = "cpu") -> tuple[Colorizer, Config]:
+    """`fn(lineart, ref, seed) -> colour` for any linebridge checkpoint (BBDM or a GAN baseline).
+
+    For BBDM the sampler settings are bound here (None: the checkpoint's eval.sample_step
+    and bridge.eta); GAN baselines ignore them.
+    """
+    state = checkpoint.load(path, kind=None, map_location=device)
+    kind = state.get("kind")
+    if kind == checkpoint.KIND:
+        net, bridge, cfg = load_model(path, weights, device)
+        steps = steps or cfg["eval"]["sample_step"]
+        eta = cfg["bridge"]["eta"] if eta is None else eta
+
+        def fn(lineart: Tensor, ref: Tensor | None, seed: int) -> Tensor:
+            return colorize(net, bridge, lineart, None if net.reference == "none" else ref, steps, eta, deterministic, seed)
+
+        return fn, cfg
+    if kind == checkpoint.GAN_KIND:
+        from linebridge.baselines import colorizer_from_state
+
+        return colorizer_from_state(state, weights, device), state["config"]
+    raise checkpoint.CheckpointError(f"{path}: checkpoint of kind {kind!r}; expected a linebridge training checkpoint")
 
 
 @torch.inference_mode()

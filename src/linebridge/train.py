@@ -19,6 +19,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,8 +177,16 @@ def write_history(history: list[dict[str, Any]], path: Path) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def train(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Train `cfg` into `paths`; returns the summary that is also written to paths.metrics."""
+EpochCallback = Callable[[int, float], None]
+
+
+def train(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool = True, progress: bool = True,
+          on_epoch: EpochCallback | None = None) -> dict[str, Any]:
+    """Train `cfg` into `paths`; returns the summary that is also written to paths.metrics.
+
+    `on_epoch(epoch, val_loss)` runs after each epoch's checkpoint (Optuna reports and
+    prunes there: an exception it raises ends the run, marked FAILED in MLflow).
+    """
     from tqdm.auto import tqdm
 
     tc = cfg["train"]
@@ -285,6 +294,8 @@ def train(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool = Tr
                                  "epoch": epoch, "step": step, "best_val": best_val, "bad_epochs": bad_epochs,
                                  "history": history}, last)
                 write_atomic(timing, json.dumps({"wall_time_s": wall}) + "\n")
+            if on_epoch is not None:
+                on_epoch(epoch, val_loss)
     except BaseException:
         if log_mlflow:
             tracking.end_run("FAILED")
@@ -323,8 +334,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.experiment, args.profile, args.overrides)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    run = train
+    if cfg["model"]["family"] != "bbdm":  # GAN baselines share the data, outputs and tracking contract
+        from linebridge.baselines import train_gan as run
     try:
-        summary = train(cfg, Paths.for_experiment(args.experiment, args.out), resume=args.resume, log_mlflow=not args.no_mlflow)
+        summary = run(cfg, Paths.for_experiment(args.experiment, args.out), resume=args.resume, log_mlflow=not args.no_mlflow)
     except TrainingDiverged as err:
         print(f"linebridge train: {err}")
         return 3

@@ -1,0 +1,54 @@
+"""Reference making on batched tensors (SPEC §2.3), on whatever device the batch lives on.
+
+The training reference is the target after a thin-plate-spline warp and a colour
+jitter, so the model must find colours by meaning rather than copy them pixel for
+pixel.  Both draw from the global torch RNG: training seeds it and checkpoints its
+state, so a resumed run makes the same references, and one seed gives the same bytes.
+Images are in [-1, 1] here; kornia wants [0, 1], so we convert around its calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import kornia.augmentation as KA
+from torch import Tensor
+
+JITTER_KEYS = ("brightness", "contrast", "saturation", "hue")
+
+
+def warp(gt: Tensor, tps_scale: float) -> Tensor:
+    """A random TPS warp of each image of `gt` [B,3,H,W] in [-1, 1] (no colour change).
+
+    The five control points move by U(-tps_scale, tps_scale) in normalised coordinates.
+    Pixels pulled in from outside the frame repeat the border (`padding_mode='border'`):
+    white stays white on OpenMoji, instead of the black wedges zero padding would add.
+    """
+    if tps_scale <= 0:
+        return gt.clone()
+    tps = KA.RandomThinPlateSpline(scale=tps_scale, padding_mode="border", p=1.0)
+    return _from01(tps(_to01(gt)))
+
+
+def make_reference(
+    gt: Tensor, use_tps: bool, tps_scale: float, jitter: Mapping[str, float] | None = None
+) -> Tensor:
+    """The training reference of each target in `gt` [B,3,H,W] in [-1, 1].
+
+    `use_tps=False` (ablations A0–A2) keeps the geometry and only jitters colour.
+    `jitter` holds kornia `ColorJiggle` strengths for brightness, contrast, saturation
+    and hue (all zero or None: no jitter).
+    """
+    ref = warp(gt, tps_scale) if use_tps else gt
+    strengths = {key: float((jitter or {}).get(key, 0.0)) for key in JITTER_KEYS}
+    if any(strengths.values()):
+        ref = _from01(KA.ColorJiggle(**strengths, p=1.0)(_to01(ref)))
+    return ref.clamp(-1.0, 1.0)
+
+
+def _to01(x: Tensor) -> Tensor:
+    return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def _from01(x: Tensor) -> Tensor:
+    return x.clamp(0.0, 1.0) * 2.0 - 1.0

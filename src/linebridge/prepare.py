@@ -1,0 +1,392 @@
+"""`linebridge prepare` — the DVC `prepare` stage: render, split, and fix the test references.
+
+From the SVGs in `data.raw_dir` it writes `data.prepared_dir`:
+
+    colour/<id>.png          RGB colour target at data.image_size (white background)
+    line/<id>.png            L line art: the artist's `line*` groups, black on white
+    manifest.csv             id, split, group, skin_tone, hair, colour, line (sorted by id)
+    info.json                sizes, seed, fractions, counts, skipped ids
+    protocols/<name>.csv     one row per test item of protocol self | cross_gt | cross_random
+    protocols/<name>/ref/<id>.png    its fixed reference (TPS-warped, no colour jitter)
+    protocols/cross_gt/mask/<id>.png the tone region (255 where the tone variants differ)
+
+Splits are by base emoji (`openmoji.group_key`) through a hash of the key, so they
+never change when other emojis are added or `limit_groups` trims the set.  The test
+references are drawn once with the `seed` of params.yaml (SPEC §2.3, §6.2), so every
+model meets identical inputs.  Output is byte-identical from run to run and appears
+atomically: it is built in `.<name>.tmp` beside the target and renamed into place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from linebridge.config import Config, ConfigError, UserError, load_config, repo_root
+from linebridge.openmoji import (
+    SKIN_TONES,
+    group_key,
+    hair_variant,
+    render_colour,
+    render_lineart,
+    replace_dir,
+    skin_tone,
+    staging_dir,
+    strip_skin_tones,
+)
+
+SPLITS = ("train", "val", "test")
+PROTOCOLS = ("self", "cross_gt", "cross_random")
+CONTACT_SHEET = Path("reports/figures/data_contact_sheet.png")
+WARP_CHUNK = 64  # images per TPS call; fixed, because the draws depend on it
+MIN_TEST_GROUPS = 4  # with limit_groups: two groups with skin tones, so cross_gt has pairs
+
+
+@dataclass(frozen=True)
+class Emoji:
+    id: str
+    group: str
+    split: str
+    skin_tone: str
+    hair: str
+
+    @property
+    def tone(self) -> str | None:
+        """The single skin tone shared by everyone in the picture, else None."""
+        return self.skin_tone if self.skin_tone in SKIN_TONES else None
+
+
+# ---------------------------------------------------------------- splits
+
+
+def key_fraction(key: str) -> float:
+    """A stable number in [0, 1) from sha256 of `key` (Python's hash() is salted per process)."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:16], 16) / 16**16
+
+
+def split_of(key: str, fractions: tuple[float, float, float]) -> str:
+    """train / val / test for the group `key`, by where its hash falls in `fractions`."""
+    u, total = key_fraction(key), sum(fractions)
+    if u < fractions[0] / total:
+        return "train"
+    return "val" if u < (fractions[0] + fractions[1]) / total else "test"
+
+
+def select_groups(
+    splits: dict[str, str], toned: set[str], limit: int, fractions: tuple[float, float, float]
+) -> set[str]:
+    """A deterministic subset of `limit` groups (all when 0), split in about `fractions`.
+
+    Within each split, groups are taken in hash order, alternating between groups with
+    skin-tone variants and groups without, so a small subset still has cross_gt pairs.
+    """
+    if limit <= 0:
+        return set(splits)
+    total = sum(fractions)
+    n_val = max(1, round(limit * fractions[1] / total)) if fractions[1] > 0 else 0
+    n_test = max(MIN_TEST_GROUPS, round(limit * fractions[2] / total))
+    wanted = {"train": limit - n_val - n_test, "val": n_val, "test": n_test}
+    if wanted["train"] < 1:
+        raise ConfigError(f"data.limit_groups={limit} is too small: use 0 (all) or at least {n_val + n_test + 1}")
+    chosen: set[str] = set()
+    for split, n in wanted.items():
+        keys = sorted((k for k, s in splits.items() if s == split), key=key_fraction)
+        with_tones = [k for k in keys if k in toned]
+        without = [k for k in keys if k not in toned]
+        chosen.update(_interleave(with_tones, without)[:n])
+    return chosen
+
+
+def _interleave(a: list[str], b: list[str]) -> list[str]:
+    out = [x for pair in zip(a, b) for x in pair]
+    n = min(len(a), len(b))
+    return out + a[n:] + b[n:]
+
+
+def catalogue(raw_dir: Path, cfg: Config) -> list[Emoji]:
+    """Every emoji to prepare (after `limit_groups`), sorted by id."""
+    ids = sorted(p.stem for p in raw_dir.glob("*.svg"))
+    if not ids:
+        raise UserError(
+            f"{raw_dir}: no OpenMoji SVGs. Run `linebridge data fetch` (or `dvc pull data.dvc`) first"
+        )
+    fractions = parse_fractions(cfg["data"]["split_fractions"])
+    groups = {i: group_key(i) for i in ids}
+    splits = {g: split_of(g, fractions) for g in set(groups.values())}
+    toned = {groups[i] for i in ids if skin_tone(i) in SKIN_TONES}
+    keep = select_groups(splits, toned, int(cfg["data"]["limit_groups"]), fractions)
+    return [
+        Emoji(i, groups[i], splits[groups[i]], skin_tone(i), hair_variant(i)) for i in ids if groups[i] in keep
+    ]
+
+
+def parse_fractions(value: object) -> tuple[float, float, float]:
+    """data.split_fractions as three floats (train, val, test), or a ConfigError."""
+    try:
+        fractions = tuple(float(f) for f in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        fractions = ()
+    if len(fractions) != 3 or min(fractions) < 0 or fractions[0] <= 0 or fractions[2] <= 0:
+        raise ConfigError(
+            f"data.split_fractions={value!r}: give three numbers [train, val, test], train and test > 0"
+        )
+    return fractions  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- protocols
+
+
+def _pairs(test: list[Emoji], rng: np.random.Generator, same_tone: bool) -> list[tuple[Emoji, Emoji]]:
+    """(item, reference source) pairs: the source is a random test emoji of another group.
+
+    The source's group is drawn first, uniformly, then an emoji within it, so groups
+    with a hundred variants (couples) do not dominate the references.  With
+    `same_tone`, only items with a single skin tone take part, and the source has that
+    same tone (cross_gt); otherwise every test item gets one (cross_random).
+    """
+    pairs = []
+    for item in test:
+        if same_tone and item.tone is None:
+            continue
+        pool: dict[str, list[Emoji]] = defaultdict(list)
+        for e in test:
+            if e.group != item.group and (not same_tone or e.tone == item.tone):
+                pool[e.group].append(e)
+        if pool:
+            group = sorted(pool)[int(rng.integers(len(pool)))]
+            pairs.append((item, pool[group][int(rng.integers(len(pool[group])))]))
+    return pairs
+
+
+def tone_masks(test: list[Emoji], colour: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """For each single-tone test emoji: pixels where its skin-tone variants differ (uint8 0/255).
+
+    Variants share one line drawing and differ only there, so this is the skin (and any
+    tone-dependent hair): the region where ΔE shows whether the reference's tone arrived.
+    """
+    families: dict[str, list[str]] = defaultdict(list)
+    for e in test:
+        if e.tone is not None:
+            families[strip_skin_tones(e.id)].append(e.id)
+    masks = {}
+    for members in families.values():
+        stack = np.stack([colour[i] for i in members]).astype(np.int16)
+        mask = ((stack.max(0) - stack.min(0)).max(-1) > 0).astype(np.uint8) * 255
+        masks.update({i: mask for i in members})
+    return masks
+
+
+def warp_all(images: list[np.ndarray], tps_scale: float, seed: int) -> list[np.ndarray]:
+    """TPS-warp uint8 RGB images with a private, seeded torch RNG (global state untouched)."""
+    import torch
+
+    from linebridge.augment import warp
+
+    out: list[np.ndarray] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for start in range(0, len(images), WARP_CHUNK):
+            batch = torch.from_numpy(np.stack(images[start : start + WARP_CHUNK])).permute(0, 3, 1, 2)
+            warped = warp(batch.float() / 127.5 - 1.0, tps_scale)
+            out.extend(((warped + 1.0) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy())
+    return out
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def prepare(cfg: Config, root: Path | None = None, contact_sheet: Path | None = CONTACT_SHEET) -> dict:
+    """Run the whole stage for `cfg`; paths in it are relative to `root` (default: repo root).
+
+    Returns the summary also written to info.json.  `contact_sheet=None` skips the figure.
+    """
+    root = Path(root) if root else repo_root()
+    data = cfg["data"]
+    size = int(data["image_size"])
+    if size < 8:
+        raise ConfigError(f"data.image_size={size}: use at least 8 pixels")
+    raw_dir, out_dir = root / data["raw_dir"], root / data["prepared_dir"]
+    emojis = catalogue(raw_dir, cfg)
+
+    tmp = staging_dir(out_dir)
+    try:
+        kept, skipped, test_colour = _render_all(raw_dir, emojis, size, tmp)
+        _write_csv(
+            tmp / "manifest.csv",
+            ["id", "split", "group", "skin_tone", "hair", "colour", "line"],
+            ([e.id, e.split, e.group, e.skin_tone, e.hair, f"colour/{e.id}.png", f"line/{e.id}.png"] for e in kept),
+        )
+        test = [e for e in kept if e.split == "test"]
+        protocols = _write_protocols(tmp, test, test_colour, cfg)
+        summary = {
+            "image_size": size,
+            "seed": int(cfg["seed"]),
+            "tps_scale": float(cfg["augment"]["tps_scale"]),
+            "split_fractions": list(parse_fractions(data["split_fractions"])),
+            "limit_groups": int(data["limit_groups"]),
+            "splits": {
+                s: {"images": sum(e.split == s for e in kept), "groups": len({e.group for e in kept if e.split == s})}
+                for s in SPLITS
+            },
+            "protocols": {name: len(rows) for name, rows in protocols.items()},
+            "skipped": skipped,
+        }
+        (tmp / "info.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        if contact_sheet is not None:
+            _contact_sheet(root / contact_sheet, tmp, test, protocols)
+        replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return summary
+
+
+def _render_all(
+    raw_dir: Path, emojis: list[Emoji], size: int, tmp: Path
+) -> tuple[list[Emoji], list[str], dict[str, np.ndarray]]:
+    """Render colour and line art PNGs into `tmp`; returns kept emojis, skipped ids, test colours."""
+    (tmp / "colour").mkdir()
+    (tmp / "line").mkdir()
+    kept: list[Emoji] = []
+    skipped: list[str] = []
+    test_colour: dict[str, np.ndarray] = {}
+    for e in tqdm(emojis, desc=f"render {size}px", unit="emoji"):
+        path = raw_dir / f"{e.id}.svg"
+        try:
+            svg = path.read_text(encoding="utf-8")
+            colour, line = render_colour(svg, size), render_lineart(svg, size)
+        except (ET.ParseError, UnicodeDecodeError, ValueError) as err:
+            raise UserError(f"{path}: not a valid SVG ({err}); restore it with `linebridge data fetch`") from None
+        if line.getextrema()[0] == 255 or min(lo for lo, _ in colour.getextrema()) == 255:
+            skipped.append(e.id)  # nothing drawn: no line art (e.g. a text-only button) or no picture
+            continue
+        colour.save(tmp / "colour" / f"{e.id}.png")
+        line.save(tmp / "line" / f"{e.id}.png")
+        kept.append(e)
+        if e.split == "test":
+            test_colour[e.id] = np.asarray(colour)
+    return kept, skipped, test_colour
+
+
+def _write_protocols(
+    tmp: Path, test: list[Emoji], colour: dict[str, np.ndarray], cfg: Config
+) -> dict[str, list[dict[str, str]]]:
+    """Draw and save the fixed references of the three protocols; returns their CSV rows."""
+    seed, tps_scale = int(cfg["seed"]), float(cfg["augment"]["tps_scale"])
+    masks = tone_masks(test, colour)
+    rows: dict[str, list[dict[str, str]]] = {}
+    for index, name in enumerate(PROTOCOLS):
+        rng = np.random.default_rng([seed, index])
+        if name == "self":
+            pairs = [(e, e) for e in test]
+        else:
+            pairs = _pairs(test, rng, same_tone=name == "cross_gt")
+        refs = warp_all([colour[src.id] for _, src in pairs], tps_scale, seed * len(PROTOCOLS) + index)
+        folder = tmp / "protocols" / name
+        (folder / "ref").mkdir(parents=True)
+        if name == "cross_gt":
+            (folder / "mask").mkdir()
+        header = ["id", "gt", "ref_source", "group", "ref_group"] + (["tone"] if name == "cross_gt" else [])
+        rows[name] = []
+        for (item, src), ref in zip(pairs, refs, strict=True):
+            Image.fromarray(ref, "RGB").save(folder / "ref" / f"{item.id}.png")
+            if name == "cross_gt":
+                Image.fromarray(masks[item.id], "L").save(folder / "mask" / f"{item.id}.png")
+            values = [item.id, item.id, src.id, item.group, src.group, item.skin_tone]
+            rows[name].append(dict(zip(header, values)))
+        _write_csv(tmp / "protocols" / f"{name}.csv", header, (list(r.values()) for r in rows[name]))
+    return rows
+
+
+def _write_csv(path: Path, header: list[str], rows: Iterable[list[str]]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _contact_sheet(path: Path, prepared: Path, test: list[Emoji], protocols: dict[str, list[dict[str, str]]]) -> None:
+    """~16 test items as rows: line art | colour | the three fixed references | tone mask.
+
+    A visual check of the data: black lines on white, true colours, warped references,
+    and for cross_gt a reference of another emoji in the same skin tone.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    in_cross = [r["id"] for r in protocols["cross_gt"]]
+    others = [e.id for e in test if e.id not in set(in_cross)]
+    ids = _spread(in_cross, 8) + _spread(others, 16 - min(8, len(in_cross)))
+    columns = {
+        "line art": "line/{}.png",
+        "colour (GT)": "colour/{}.png",
+        **{f"{p} ref": f"protocols/{p}/ref/{{}}.png" for p in PROTOCOLS},
+        "cross_gt mask": "protocols/cross_gt/mask/{}.png",
+    }
+    fig, axes = plt.subplots(len(ids), len(columns), figsize=(1.2 * len(columns) + 1.2, 1.25 * len(ids)),
+                             squeeze=False, gridspec_kw={"wspace": 0.05, "hspace": 0.08})
+    blank = Image.new("RGB", Image.open(prepared / "colour" / f"{ids[0]}.png").size, "white")
+    for r, item in enumerate(ids):
+        for c, (title, pattern) in enumerate(columns.items()):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            panel = prepared / pattern.format(item)
+            ax.imshow(Image.open(panel).convert("RGB") if panel.exists() else blank, interpolation="nearest")
+            if not panel.exists():
+                ax.text(0.5, 0.5, "n/a", ha="center", va="center", color="grey", transform=ax.transAxes)
+            if r == 0:
+                ax.set_title(title, fontsize=8)
+        cps = item.split("-")
+        label = "\n".join("-".join(cps[i : i + 3]) for i in range(0, len(cps), 3))
+        axes[r][0].set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buffer.getvalue())
+    tmp.replace(path)
+
+
+def _spread(items: list[str], n: int) -> list[str]:
+    """Up to `n` items evenly spaced through `items` (deterministic)."""
+    if len(items) <= n:
+        return list(items)
+    return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)] if n > 1 else items[:n]
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default=None, help="a profile of params.yaml (e.g. tiny)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one parameter, e.g. --set data.image_size=64 (repeatable)")
+    parser.add_argument("--contact-sheet", type=Path, default=CONTACT_SHEET,
+                        help="where to write the contact sheet PNG (relative to the repo root)")
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = load_config(None, args.profile, args.overrides)
+    summary = prepare(cfg, contact_sheet=args.contact_sheet)
+    counts = ", ".join(f"{s} {c['images']} images / {c['groups']} groups" for s, c in summary["splits"].items())
+    print(f"{cfg['data']['prepared_dir']}: {counts}")
+    print("protocols: " + ", ".join(f"{name} {n}" for name, n in summary["protocols"].items()))
+    if summary["skipped"]:
+        print(f"skipped {len(summary['skipped'])} emoji(s) with nothing drawn: {' '.join(summary['skipped'])}")
+    return 0

@@ -1,0 +1,417 @@
+"""The data layer (SPEC §2, §6.2): OpenMoji fetch and rendering, prepare, references, datasets, bad input.
+
+A small real subset (data.limit_groups) is rendered at 24 px once per module.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision.transforms.functional import pil_to_tensor
+
+from linebridge.augment import make_reference, warp
+from linebridge.cli import main as cli_main
+from linebridge.config import UserError, load_config
+from linebridge.data import (
+    PROTOCOLS,
+    ColourFolder,
+    PairFolder,
+    PreparedOpenMoji,
+    ProtocolDataset,
+    build_dataset,
+)
+from linebridge.openmoji import (
+    fetch,
+    group_key,
+    hair_variant,
+    lineart_svg,
+    package_svg_dir,
+    render_colour,
+    render_lineart,
+    skin_tone,
+    strip_skin_tones,
+)
+from linebridge.prepare import catalogue, prepare
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 24
+LIMIT = 40
+CODES = ["1F600", "1F34E", "1F9D1-1F3FD-200D-1F9B0", "1F1E8-1F1EB", "2764", "1F697", "1F332", "1F431"]
+EVERYTHING = (1.0, 0.0, 1e-9)  # split fractions that put every file in train
+JITTER = {"brightness": 0.1, "contrast": 0.1, "saturation": 0.1, "hue": 0.02}
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def study_root(folder: Path) -> Path:
+    """A study root with a copy of the real params.yaml (load_config and repo_root look there)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "params.yaml", folder / "params.yaml")
+    return folder
+
+
+def config(root: Path, *overrides: str):
+    return load_config(None, None, list(overrides), root=root)
+
+
+@pytest.fixture(scope="module")
+def raw_dir(tmp_path_factory) -> Path:
+    dest = tmp_path_factory.mktemp("raw") / "openmoji"
+    assert fetch(dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, raw_dir):
+    """(root, cfg, summary) of a prepared real subset."""
+    root = study_root(tmp_path_factory.mktemp("study"))
+    cfg = config(root, f"data.raw_dir={raw_dir}", f"data.limit_groups={LIMIT}", f"data.image_size={SIZE}")
+    summary = prepare(cfg, root=root, contact_sheet=Path("sheet.png"))
+    return root, cfg, summary
+
+
+def prepared(study) -> Path:
+    root, cfg, _ = study
+    return root / cfg["data"]["prepared_dir"]
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def emoji_png(code: str, size: int = 48) -> Image.Image:
+    return render_colour((package_svg_dir() / f"{code}.svg").read_text(), size)
+
+
+# ---------------------------------------------------------------- OpenMoji
+
+
+def test_hexcode_parsing():
+    red_hair = "1F9D1-1F3FD-200D-1F9B0"
+    assert (skin_tone(red_hair), hair_variant(red_hair), group_key(red_hair)) == ("1F3FD", "red", "1F9D1")
+    assert strip_skin_tones(red_hair) == "1F9D1-200D-1F9B0"
+    # gender variants share the neutral form's group; different skin tones of a couple are "mixed"
+    assert group_key("1F469-200D-2695-FE0F") == group_key("1F468-1F3FF-200D-2695-FE0F") == "1F9D1-200D-2695"
+    assert group_key("1F646-1F3FB-200D-2640-FE0F") == group_key("1F646") == "1F646"
+    assert group_key("1F48F-1F3FB") == group_key("1F469-1F3FB-200D-2764-FE0F-200D-1F48B-200D-1F468-1F3FC")
+    assert skin_tone("1F469-1F3FB-200D-2764-FE0F-200D-1F48B-200D-1F468-1F3FC") == "1F3FB-1F3FC"
+    assert skin_tone("1F600") == "" and hair_variant("1F600") == "" and group_key("1F600") == "1F600"
+
+
+def test_fetch_copies_package_svgs_byte_for_byte(raw_dir):
+    src = package_svg_dir()
+    svgs = sorted(p.name for p in src.glob("*.svg"))
+    assert len(svgs) == 4495
+    assert sorted(p.name for p in raw_dir.glob("*.svg")) == svgs
+    for name in svgs[::500]:
+        assert (raw_dir / name).read_bytes() == (src / name).read_bytes()
+    assert "CC BY-SA 4.0" in (raw_dir / "ATTRIBUTION.txt").read_text()
+    assert "openmoji.org" in (raw_dir / "ATTRIBUTION.txt").read_text()
+    assert "Attribution-ShareAlike 4.0" in (raw_dir / "LICENSE").read_text()
+    before = tree_hashes(raw_dir)
+    assert not fetch(raw_dir)  # idempotent: nothing rewritten
+    (raw_dir / svgs[0]).write_text("<svg/>")  # a damaged copy is restored
+    assert fetch(raw_dir)
+    assert tree_hashes(raw_dir) == before
+    assert [p.name for p in raw_dir.parent.iterdir()] == ["openmoji"]  # no temp folders left
+
+
+def test_lineart_has_only_grey_pixels_and_differs_from_colour(raw_dir, study):
+    # 1F196 draws a white stroke inside its line group; the rest: the whole prepared subset
+    codes = ["1F196"] + [r["id"] for r in rows(prepared(study) / "manifest.csv")]
+    for code in codes:
+        svg = (raw_dir / f"{code}.svg").read_text()
+        line_rgb = np.asarray(render_colour(lineart_svg(svg), SIZE)).astype(int)
+        assert (line_rgb[..., 0] == line_rgb[..., 1]).all() and (line_rgb[..., 1] == line_rgb[..., 2]).all(), code
+        line = np.asarray(render_lineart(svg, SIZE))
+        assert line.min() < 200 and line.max() == 255, code  # dark (anti-aliased) lines on white
+        colour = np.asarray(render_colour(svg, SIZE)).astype(int)
+        if (colour.max(-1) - colour.min(-1)).max() > 30:  # 3 % are black symbols (©, letters): line = colour
+            assert np.abs(colour - line[..., None]).mean() > 2, code
+
+
+# ---------------------------------------------------------------- prepare
+
+
+def test_prepare_layout_and_counts(study):
+    root, cfg, summary = study
+    out = prepared(study)
+    manifest = rows(out / "manifest.csv")
+    assert [r["id"] for r in manifest] == sorted(r["id"] for r in manifest)
+    assert len({r["group"] for r in manifest}) == LIMIT
+    assert all(summary["splits"][s]["images"] > 0 for s in ("train", "val", "test"))
+    assert json.loads((out / "info.json").read_text()) == summary
+    for r in manifest:
+        assert Image.open(out / r["colour"]).mode == "RGB" and Image.open(out / r["line"]).mode == "L"
+        assert Image.open(out / r["colour"]).size == (SIZE, SIZE)
+    assert (root / "sheet.png").exists()
+    assert not list(out.parent.glob(".*"))  # no staging folder left behind
+
+
+def test_splits_have_no_group_leakage(study, raw_dir):
+    manifest = rows(prepared(study) / "manifest.csv")
+    split_of_group: dict[str, set[str]] = {}
+    for r in manifest:
+        split_of_group.setdefault(r["group"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in split_of_group.values())
+    # the full catalogue too: every skin-tone / hair / gender variant sits with its base emoji
+    root, cfg, _ = study
+    everything = catalogue(raw_dir, config(root, "data.limit_groups=0"))
+    assert len(everything) == 4495
+    split_by_group: dict[str, set[str]] = {}
+    for e in everything:
+        split_by_group.setdefault(e.group, set()).add(e.split)
+    assert all(len(s) == 1 for s in split_by_group.values())
+    by_id = {e.id: e for e in everything}
+    assert by_id["1F9D1-1F3FD-200D-1F9B0"].split == by_id["1F469-200D-1F9B3"].split == by_id["1F9D1"].split
+    counts = {s: sum(e.split == s for e in everything) for s in ("train", "val", "test")}
+    assert 0.65 < counts["train"] / 4495 < 0.9 and counts["test"] > 200 and counts["val"] > 200
+
+
+def test_prepare_twice_is_byte_identical(study):
+    root, cfg, _ = study
+    out = prepared(study)
+    before = tree_hashes(out) | {"sheet.png": hashlib.sha256((root / "sheet.png").read_bytes()).hexdigest()}
+    prepare(cfg, root=root, contact_sheet=Path("sheet.png"))
+    after = tree_hashes(out) | {"sheet.png": hashlib.sha256((root / "sheet.png").read_bytes()).hexdigest()}
+    assert after == before
+
+
+def test_failed_prepare_keeps_old_output(study, raw_dir, tmp_path):
+    root, cfg, _ = study
+    out = prepared(study)
+    broken = tmp_path / "raw"
+    broken.mkdir()
+    for name in sorted(p.name for p in raw_dir.glob("1F60*.svg")):
+        shutil.copy(raw_dir / name, broken / name)
+    (broken / "1F60F.svg").write_text("<svg><g id='line'>")  # truncated XML
+    before = tree_hashes(out)
+    with pytest.raises(UserError, match="1F60F.svg.*data fetch"):
+        prepare(config(root, f"data.raw_dir={broken}", f"data.image_size={SIZE}"), root=root, contact_sheet=None)
+    assert tree_hashes(out) == before
+    assert not list(out.parent.glob(".*"))
+
+
+def test_cross_gt_triples(study):
+    out = prepared(study)
+    manifest = {r["id"]: r for r in rows(out / "manifest.csv")}
+    triples = rows(out / "protocols" / "cross_gt.csv")
+    assert triples, "the subset must keep skin-tone groups in the test split"
+    for t in triples:
+        item, ref = manifest[t["id"]], manifest[t["ref_source"]]
+        assert item["split"] == ref["split"] == "test"
+        assert item["group"] != ref["group"]
+        assert item["skin_tone"] == ref["skin_tone"] == t["tone"] and len(t["tone"]) == 5
+        mask = np.asarray(Image.open(out / "protocols" / "cross_gt" / "mask" / f"{t['id']}.png"))
+        assert 0 < (mask == 255).mean() < 0.8 and set(np.unique(mask)) <= {0, 255}
+    for name in ("self", "cross_random"):
+        items = rows(out / "protocols" / f"{name}.csv")
+        assert sorted(r["id"] for r in items) == sorted(i for i, r in manifest.items() if r["split"] == "test")
+        for r in items:
+            ref_group = manifest[r["ref_source"]]["group"]
+            assert (r["ref_source"] == r["id"]) if name == "self" else (ref_group != r["group"])
+
+
+def test_tps_warp_moves_pixels_but_keeps_colours():
+    codes = CODES + ["1F30D", "1F355", "1F680", "1F3E0", "1F308", "1F40C", "1F33B", "26BD"]
+    gt = torch.stack([pil_to_tensor(emoji_png(code)) for code in codes]).float() / 127.5 - 1
+    torch.manual_seed(0)
+    warped = warp(gt, 0.2)
+    assert warped.shape == gt.shape and warped.min() >= -1 and warped.max() <= 1
+    assert (warped - gt).abs().mean() > 0.1  # pixels moved
+
+    def hist(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.histc(c, bins=8, min=-1, max=1) for c in x.flatten(1)]) / x[0].numel()
+
+    n = len(codes)
+    same = torch.stack([(hist(warped[i]) - hist(gt[i])).abs().sum() for i in range(n)]).mean()
+    other = torch.stack([(hist(gt[i]) - hist(gt[(i + 1) % n])).abs().sum() for i in range(n)]).mean()
+    assert same < 0.5 * other  # measured: 0.37 vs 1.13 (the white margin grows or shrinks a little)
+
+
+def test_make_reference_same_seed_same_bytes():
+    gt = torch.rand(4, 3, 32, 32) * 2 - 1
+    refs = []
+    for seed in (7, 7, 8):
+        torch.manual_seed(seed)
+        refs.append(make_reference(gt, use_tps=True, tps_scale=0.2, jitter=JITTER))
+    assert refs[0].numpy().tobytes() == refs[1].numpy().tobytes()
+    assert not torch.equal(refs[0], refs[2])
+    assert refs[0].min() >= -1 and refs[0].max() <= 1
+    assert torch.equal(make_reference(gt, use_tps=False, tps_scale=0.2, jitter=None), gt)
+    jittered = make_reference(gt, use_tps=False, tps_scale=0.2, jitter=JITTER)
+    assert not torch.equal(jittered, gt) and (jittered - gt).abs().mean() < 0.2
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def test_prepared_and_protocol_datasets(study):
+    out = prepared(study)
+    train = PreparedOpenMoji(out, "train")
+    item = train[0]
+    assert item["GT"].shape == (3, SIZE, SIZE) and item["lineart"].shape == (1, SIZE, SIZE)
+    assert torch.equal(item["ref"], item["GT"]) and isinstance(item["id"], str)
+    assert item["lineart"].min() == -1 and item["lineart"].max() == 1  # dark lines on white
+    for name in PROTOCOLS:
+        ds = ProtocolDataset(out, name)
+        batch = next(iter(DataLoader(ds, batch_size=4)))
+        assert batch["GT"].shape == (4, 3, SIZE, SIZE) and batch["mask"].shape == (4, 1, SIZE, SIZE)
+        assert all(t.dtype == torch.float32 for k, t in batch.items() if k not in ("id", "ref_id"))
+        assert (batch["mask"] == 1).all() != (name == "cross_gt")
+        assert not torch.equal(batch["ref"], batch["GT"])
+
+
+def test_build_dataset(study, monkeypatch):
+    root, cfg, _ = study
+    monkeypatch.chdir(root)
+    assert len(build_dataset(cfg, "val")) == study[2]["splits"]["val"]["images"]
+    with pytest.raises(UserError, match="prepared at 24 px.*linebridge prepare"):
+        build_dataset(config(root, "data.image_size=32"), "train")
+    with pytest.raises(UserError, match="data.folder_root"):
+        build_dataset(config(root, "data.dataset=folder"), "train")
+
+
+def write_images(folder: Path, codes: list[str], size: int = 48, suffix: str = ".png") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for code in codes:
+        emoji_png(code, size).save(folder / f"{code}{suffix}")
+
+
+
+@pytest.mark.parametrize("extractor", ["xdog", "find_edges"])
+def test_colour_folder(tmp_path, extractor):
+    write_images(tmp_path / "imgs", CODES[:4])
+    write_images(tmp_path / "imgs" / "more", CODES[4:], suffix=".jpg")
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image, ignored")
+    fractions = (0.5, 0.25, 0.25)
+    sets = {s: ColourFolder(tmp_path / "imgs", 32, extractor, s, fractions=fractions) for s in ("train", "test")}
+    assert not set(sets["train"].ids) & set(sets["test"].ids)
+    item = sets["test"][0]
+    assert item["GT"].shape == (3, 32, 32) and item["lineart"].shape == (1, 32, 32)
+    assert item["lineart"].min() < -0.5 and item["lineart"].max() == 1
+    if extractor == "xdog":  # eval line art is fixed; training draws σ afresh
+        assert torch.equal(sets["test"][0]["lineart"], item["lineart"])
+
+
+def test_pair_folder_layouts(tmp_path):
+    separate = tmp_path / "separate"
+    write_images(separate / "colour", CODES)
+    (separate / "sketch").mkdir()
+    for code in CODES:
+        render_lineart((package_svg_dir() / f"{code}.svg").read_text(), 48).save(separate / "sketch" / f"{code}.png")
+    side = tmp_path / "side"
+    side.mkdir()
+    for code in CODES:
+        both = Image.new("RGB", (96, 48), "white")
+        both.paste(Image.open(separate / "colour" / f"{code}.png"), (0, 0))
+        both.paste(Image.open(separate / "sketch" / f"{code}.png").convert("RGB"), (48, 0))
+        both.save(side / f"{code}.png")
+    a = PairFolder(separate, 32, "separate", "train", fractions=(0.5, 0.25, 0.25))
+    b = PairFolder(side, 32, "side_by_side", "train", fractions=(0.5, 0.25, 0.25))
+    assert a.ids == b.ids and len(a) > 0
+    for x, y in zip(a, b):
+        assert torch.allclose(x["GT"], y["GT"], atol=1e-6) and torch.allclose(x["lineart"], y["lineart"], atol=1e-6)
+        assert x["lineart"].min() < -0.5
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("zero.png", b"", r"zero\.png: empty file \(0 bytes\)"),
+        ("text.png", b"this is not an image", r"text\.png: not an image"),
+        ("tiny.png", None, r"tiny\.png: 20×20 is smaller than data.image_size=32"),
+    ],
+)
+def test_bad_files_are_named(tmp_path, name, content, message):
+    write_images(tmp_path, CODES[:3])
+    if content is None:
+        emoji_png("1F600", 20).save(tmp_path / name)
+    else:
+        (tmp_path / name).write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        ColourFolder(tmp_path, 32, split="train", fractions=EVERYTHING)
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "README.txt").write_text("no images here")
+    with pytest.raises(UserError, match=r"empty: no images .* \(found 1 other files\)"):
+        ColourFolder(tmp_path / "empty", 32)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_truncated_image(tmp_path, fmt):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    buffer = io.BytesIO()
+    emoji_png("1F34E", 128).save(buffer, fmt)
+    (folder / f"cut.{fmt.lower()}").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(UserError, match=f"cut.{fmt.lower()}: truncated or corrupt"):
+        ColourFolder(folder, 32, split="train", fractions=EVERYTHING)[0]
+
+
+def test_modes_are_converted_not_rejected(tmp_path):
+    folder = tmp_path / "modes"
+    folder.mkdir()
+    rgb = emoji_png("1F34E", 32)
+    transparent = Image.new("RGBA", (32, 32), (255, 0, 0, 0))  # invisible red → white
+    transparent.save(folder / "rgba.png")
+    rgb.convert("P").save(folder / "p.png")
+    rgb.convert("CMYK").save(folder / "cmyk.jpg")
+    rgb.convert("LA").save(folder / "la.png")
+    ramp = np.tile(np.linspace(0, 65535, 32).astype(np.uint16), (32, 1))
+    Image.fromarray(ramp).save(folder / "i16.png")
+    assert Image.open(folder / "i16.png").mode.startswith("I")
+    ds = ColourFolder(folder, 32, split="train", fractions=EVERYTHING)
+    items = {i: ds[k] for k, i in enumerate(ds.ids)}
+    assert set(items) == {"rgba.png", "p.png", "cmyk.jpg", "la.png", "i16.png"}
+    assert torch.equal(items["rgba.png"]["GT"], torch.ones(3, 32, 32))
+    assert torch.equal(items["la.png"]["GT"][0], items["la.png"]["GT"][2])  # grey stays grey
+    ramp_row = items["i16.png"]["GT"][0, 16]
+    assert ramp_row[0] == -1 and ramp_row[-1] == 1 and abs(float(ramp_row[16])) < 0.1  # scaled, not clipped
+    assert (items["p.png"]["GT"] - items["cmyk.jpg"]["GT"]).abs().mean() < 0.1
+
+
+def test_unmatched_pairs_are_listed(tmp_path):
+    write_images(tmp_path / "colour", ["1F600", "1F34E", "2764"])
+    write_images(tmp_path / "sketch", ["1F600", "1F697"])
+    listed = r"1F34E \(only in colour/\), 1F697 \(only in sketch/\), 2764 \(only in colour/\)"
+    with pytest.raises(UserError, match=f"3 unmatched pair names: {listed}"):
+        PairFolder(tmp_path, 32, "separate")
+    write_images(tmp_path / "sketch", ["1F34E", "2764"], size=64)
+    (tmp_path / "colour" / "1F697.png").write_bytes((tmp_path / "colour" / "2764.png").read_bytes())
+    with pytest.raises(UserError, match=r"1F34E\.png is 48×48 but .*sketch/1F34E\.png is 64×64"):
+        PairFolder(tmp_path, 32, "separate", fractions=EVERYTHING)
+
+
+def test_missing_prepared_dir(tmp_path):
+    with pytest.raises(UserError, match="linebridge prepare"):
+        PreparedOpenMoji(tmp_path / "nowhere", "train")
+    with pytest.raises(UserError, match="linebridge prepare"):
+        ProtocolDataset(tmp_path / "nowhere", "cross_gt")
+
+
+def test_cli_reports_missing_raw_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(study_root(tmp_path))
+    assert cli_main(["prepare", "--set", "data.raw_dir=missing"]) == 2
+    assert "linebridge data fetch" in capsys.readouterr().err
