@@ -94,6 +94,8 @@ def load_config(
     params = read_yaml(root / "params.yaml")
     profiles = params.pop("profiles", {}) or {}
     params.pop("study", None)
+    profile = profile or params.pop("profile", None)
+    params.pop("profile", None)
     description = ""
     cfg = params
     if profile and profile != "default":

@@ -32,6 +32,7 @@ from linebridge.stats import bootstrap_ci
 PROTOCOLS = ("self", "cross_gt", "cross_random")
 TRIVIAL = ("copy-lineart", "copy-reference")
 GRID_ITEMS = 8
+PSNR_CAP = 60.0  # dB: an output identical to its ground truth (e.g. copy-lineart on a black symbol) would be +inf
 PAIRED = ("psnr", "ssim", "lpips", "edge_iou", "delta_e", "delta_e_tone")
 
 
@@ -40,11 +41,8 @@ def load_protocol(prepared_dir: Path, protocol: str, limit: int = 0) -> dict[str
     ds = ProtocolDataset(prepared_dir, protocol)
     n = len(ds) if not limit else min(limit, len(ds))
     items = [ds[i] for i in range(n)]
-    out: dict[str, Any] = {"id": [it["id"] for it in items]}
-    for key in items[0]:
-        if key != "id":
-            out[key] = torch.stack([it[key] for it in items])
-    return out
+    return {key: torch.stack(values) if isinstance(values[0], Tensor) else values
+            for key, values in ((k, [it[k] for it in items]) for k in items[0])}
 
 
 def per_image_metrics(fake: Tensor, data: dict[str, Any], protocol: str) -> dict[str, Any]:
@@ -52,7 +50,7 @@ def per_image_metrics(fake: Tensor, data: dict[str, Any], protocol: str) -> dict
     gt, line = data["GT"], data["lineart"]
     values: dict[str, Any] = {"edge_iou": M.edge_iou(fake, gt)}
     if protocol != "cross_random":
-        values["psnr"] = M.psnr(fake, gt)
+        values["psnr"] = M.psnr(fake, gt).clamp(max=PSNR_CAP)
         values["ssim"] = M.ssim(fake, gt)
         values["delta_e"] = M.colour_error(fake, gt)
         values["lpips"] = M.try_metric(M.lpips, fake, gt)
