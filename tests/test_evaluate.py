@@ -1,0 +1,100 @@
+"""Evaluation outputs, the colorize command and the report, on a tiny trained model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from linebridge.cli import main as cli_main
+from linebridge.evaluate import PROTOCOLS
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_study) -> Path:
+    old = os.getcwd()
+    os.chdir(tiny_study)
+    try:
+        assert cli_main(["train", "--experiment", "A3", "--profile", "tiny", "--no-mlflow", "--out", "outputs/train/A3"]) == 0
+    finally:
+        os.chdir(old)
+    return tiny_study / "outputs" / "train" / "A3" / "best.pt"
+
+
+def test_evaluate_writes_every_protocol(in_study, trained, tmp_path):
+    out = tmp_path / "eval"
+    assert cli_main(["evaluate", "--experiment", "A3", "--profile", "tiny", "--steps", "5", "--out", str(out)]) == 0
+    for protocol in PROTOCOLS:
+        res = json.loads((out / f"{protocol}.json").read_text())
+        rows = list(csv.DictReader((out / f"{protocol}.csv").open()))
+        assert res["n_images"] == len(rows) > 0
+        m = res["metrics"]
+        assert 0 <= m["edge_iou"]["low"] <= m["edge_iou"]["mean"] <= m["edge_iou"]["high"] <= 1
+        assert m["edge_iou"]["n"] == len(rows)
+        assert m["swd"]["value"] > 0
+        # offline: no Inception weights → unavailable with a reason and a fix, not a number
+        assert m["fid"]["unavailable"] and "weights-inception" in m["fid"]["reason"] and m["fid"]["how_to_fix"]
+        if protocol != "cross_random":
+            assert {"psnr", "ssim", "delta_e"} <= set(rows[0])
+        if protocol == "cross_gt":
+            assert "delta_e_tone" in m
+        assert Image.open(out / f"{protocol}.png").size[0] > 0
+    # the same seed gives the same numbers
+    again = tmp_path / "again"
+    assert cli_main(["evaluate", "--experiment", "A3", "--profile", "tiny", "--steps", "5", "--out", str(again)]) == 0
+    assert (again / "self.csv").read_text() == (out / "self.csv").read_text()
+
+
+def test_trivial_models_score_as_expected(in_study, tmp_path):
+    out = tmp_path / "copy"
+    assert cli_main(["evaluate", "--experiment", "copy-lineart", "--profile", "tiny", "--out", str(out)]) == 0
+    res = json.loads((out / "self.json").read_text())
+    assert res["sampler"] is None and res["checkpoint"] is None
+    # the line art is black and white: its colour error against colour images is large but finite
+    assert 0 < res["metrics"]["delta_e"]["mean"] < 100
+    assert np.isfinite(res["metrics"]["psnr"]["mean"])
+
+
+def test_sweep_rows(in_study, trained, tmp_path):
+    out = tmp_path / "sweep"
+    assert cli_main(["evaluate", "--experiment", "A3", "--profile", "tiny", "--sweep", "--out", str(out),
+                     "--set", "eval.sweep_steps=[10,5]", "--set", "eval.sweep_images=4"]) == 0
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert [(r["steps"], r["sampler"].split()[0]) for r in rows] == [(10, "eta=1"), (10, "deterministic"), (5, "eta=1"), (5, "deterministic")]
+    assert all(r["seconds_per_image"] > 0 and r["n_images"] == 4 for r in rows)
+
+
+def test_colorize_any_size_and_mode(in_study, trained, tmp_path):
+    line = Image.new("LA", (37, 23), (255, 0))  # transparent, odd size, with alpha
+    for x in range(5, 30):
+        line.putpixel((x, 11), (0, 255))
+    line.save(tmp_path / "line.png")
+    Image.new("P", (50, 50), 3).save(tmp_path / "ref.gif")
+    out = tmp_path / "out" / "colour.png"
+    assert cli_main(["colorize", str(tmp_path / "line.png"), "--ref", str(tmp_path / "ref.gif"), "--checkpoint", str(trained),
+                     "-o", str(out), "--steps", "5"]) == 0
+    img = Image.open(out)
+    assert img.size == (37, 23) and img.mode == "RGB"
+    a = np.asarray(img)
+    assert cli_main(["colorize", str(tmp_path / "line.png"), "--ref", str(tmp_path / "ref.gif"), "--checkpoint", str(trained),
+                     "-o", str(out), "--steps", "5"]) == 0
+    assert np.array_equal(a, np.asarray(Image.open(out))), "same seed, same image"
+
+
+def test_colorize_errors_name_the_problem(in_study, trained, tmp_path, capsys):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    assert cli_main(["colorize", str(tmp_path / "broken.png"), "--ref", str(tmp_path / "broken.png"), "--checkpoint", str(trained), "-o", str(tmp_path / "o.png")]) == 2
+    assert "broken.png" in capsys.readouterr().err
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    Image.new("L", (8, 8), 255).save(tmp_path / "l.png")
+    assert cli_main(["colorize", str(tmp_path / "l.png"), "--checkpoint", str(tmp_path / "foreign.pt"), "-o", str(tmp_path / "o.png")]) == 2
+    assert "foreign.pt" in capsys.readouterr().err
+    assert cli_main(["colorize", str(tmp_path / "l.png"), "--checkpoint", str(trained), "-o", str(tmp_path / "o.png")]) == 2
+    assert "--ref" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
