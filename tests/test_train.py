@@ -143,3 +143,27 @@ def test_training_logs_to_mlflow(in_study, tmp_path):
     artifacts = [a.path for a in client.list_artifacts(run_id, "samples")]
     assert artifacts == ["samples/epoch_002.png"]
     assert run.info.status == "FINISHED"
+
+
+def test_torchrun_ddp_matches_single_process(in_study, reference_run, tmp_path):
+    """2 CPU processes (gloo), global batch 4 = 2 × 2: ranks agree, and the result matches one process.
+
+    Tolerance: AdamW moves each weight by at most ~lr per step whatever the gradient's size, so
+    float reduction-order differences can grow to O(lr · steps) = 1e-4 · 12 on near-zero gradients;
+    we require max |Δw| < 2e-3 and validation losses equal to 1e-3 relative.
+    """
+    import csv
+
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "linebridge.cli", "train", "--experiment", "A3",
+           "--profile", "tiny", "--no-mlflow", "--out", str(out), *EPOCHS]
+    proc = subprocess.run(cmd, cwd=in_study, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = __import__("json").loads((out / "metrics.json").read_text())
+    assert summary["processes"] == 2  # and train() raised if the ranks' weights differed
+    ddp, single = checkpoint.load(out / "last.pt"), checkpoint.load(reference_run / "last.pt")
+    diff = max((ddp["model"][k] - single["model"][k]).abs().max().item() for k in single["model"])
+    assert diff < 2e-3
+    rows = lambda p: [float(r["val_loss"]) for r in csv.DictReader((p / "history.csv").open())]  # noqa: E731
+    assert rows(out) == pytest.approx(rows(reference_run), rel=1e-3)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from linebridge import checkpoint
+from linebridge import checkpoint, distributed
 from linebridge.augment import make_reference
 from linebridge.bridge import BrownianBridge
 from linebridge.config import Config, UserError, load_config, repo_root
@@ -190,7 +190,11 @@ def train(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool = Tr
     from tqdm.auto import tqdm
 
     tc = cfg["train"]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ddp = distributed.setup()
+    device = ddp.device()
+    if tc["batch_size"] % ddp.world:
+        raise UserError(f"train.batch_size={tc['batch_size']} (the global batch) must divide by the {ddp.world} processes")
+    log_mlflow = log_mlflow and ddp.main
     torch.manual_seed(cfg["seed"])
     train_set, val_set = build_dataset(cfg, "train"), build_dataset(cfg, "val")
     if tc["max_train_images"]:
@@ -200,6 +204,7 @@ def train(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool = Tr
         raise UserError(f"train split has {len(train_set)} images, fewer than train.batch_size={tc['batch_size']}")
 
     net = build_model(cfg).to(device)
+    model = nn.parallel.DistributedDataParallel(net) if ddp.world > 1 else net
     bridge = build_bridge(cfg).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"], betas=tuple(tc["betas"]))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=tc["epochs"], eta_min=tc["eta_min"])
@@ -223,7 +228,8 @@ def train(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool = Tr
             epoch, step, best_val, bad_epochs = state["epoch"], state["step"], state["best_val"], state["bad_epochs"]
             history = state["history"]
             wall = json.loads(timing.read_text())["wall_time_s"] if timing.exists() else 0.0
-            print(f"resuming {cfg['experiment']} after epoch {epoch} (step {step})")
+            if ddp.main:
+                print(f"resuming {cfg['experiment']} after epoch {epoch} (step {step})")
 
     run_id_file = paths.out / "mlflow_run_id"
     if log_mlflow:
@@ -241,17 +247,18 @@ def train(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool = Tr
             t0 = time.perf_counter()
             sums, seen = torch.zeros((), device=device), 0
             bar = tqdm(batches(train_set, tc["batch_size"], cfg["seed"], epoch), desc=f"{cfg['experiment']} epoch {epoch + 1}/{tc['epochs']}",
-                       unit="batch", disable=not progress, leave=False)
+                       unit="batch", disable=not progress or not ddp.main, leave=False)
             for idx in bar:
                 batch = collate(train_set, idx, device)
                 ref = reference_for(batch["GT"], cfg)
                 t = torch.randint(0, bridge.num_timesteps, (len(idx),)).to(device)
                 noise = torch.randn(batch["GT"].shape).to(device)
+                mine = ddp.my_slice(len(idx))  # the whole slice in a single process
                 with autocast(device):
-                    loss, _ = diffusion_loss(net, bridge, batch, ref, cfg, t, noise)
-                if not torch.isfinite(loss):
+                    loss, _ = diffusion_loss(model, bridge, {k: v[mine] for k, v in batch.items()}, ref[mine], cfg, t[mine], noise[mine])
+                if not ddp.all_true(bool(torch.isfinite(loss))):
                     raise TrainingDiverged(
-                        f"{cfg['experiment']}: loss is {loss.item()} at step {step + 1} (epoch {epoch + 1}); "
+                        f"{cfg['experiment']}: loss is not finite ({loss.item()}) at step {step + 1} (epoch {epoch + 1}); "
                         f"the last good checkpoint is kept at {last}. Lower train.lr or check the data."
                     )
                 opt.zero_grad(set_to_none=True)
@@ -260,7 +267,7 @@ def train(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool = Tr
                 opt.step()
                 step += 1
                 ema.update(net, step)
-                sums += loss.detach() * len(idx)
+                sums += ddp.mean(loss) * len(idx)
                 seen += len(idx)
                 if step % 10 == 0:
                     bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
@@ -278,9 +285,10 @@ def train(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool = Tr
             else:
                 bad_epochs += 1
             stopped_early = bad_epochs >= tc["patience"]
-            print(f"{cfg['experiment']} epoch {epoch}: train {train_loss:.4f}  val {val_loss:.4f}  "
-                  f"{seen / epoch_time:.0f} img/s{'  (best)' if improved else ''}", flush=True)
-            if improved:
+            if ddp.main:
+                print(f"{cfg['experiment']} epoch {epoch}: train {train_loss:.4f}  val {val_loss:.4f}  "
+                      f"{seen / epoch_time:.0f} img/s{'  (best)' if improved else ''}", flush=True)
+            if improved and ddp.main:
                 checkpoint.save({"kind": checkpoint.KIND, "config": cfg, "model": net.state_dict(), "ema": ema.shadow.state_dict(),
                                  "epoch": epoch, "step": step, "val_loss": val_loss}, paths.out / "best.pt")
             if log_mlflow:
@@ -288,7 +296,7 @@ def train(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool = Tr
                 if epoch % tc["sample_every"] == 0 or epoch == tc["epochs"]:
                     grid = sample_grid(ema.shadow, bridge, val_set, cfg, device, paths.out / "samples" / f"epoch_{epoch:03d}.png")
                     tracking.log_image(grid)
-            if epoch % tc["checkpoint_every"] == 0 or epoch == tc["epochs"] or stopped_early:
+            if ddp.main and (epoch % tc["checkpoint_every"] == 0 or epoch == tc["epochs"] or stopped_early):
                 checkpoint.save({"kind": checkpoint.KIND, "config": cfg, "model": net.state_dict(), "ema": ema.shadow.state_dict(),
                                  "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
                                  "epoch": epoch, "step": step, "best_val": best_val, "bad_epochs": bad_epochs,
@@ -299,8 +307,15 @@ def train(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool = Tr
     except BaseException:
         if log_mlflow:
             tracking.end_run("FAILED")
+        distributed.teardown(ddp)
         raise
 
+    identical = ddp.same_everywhere(list(net.state_dict().values()))  # DDP keeps replicas in lockstep; check it
+    distributed.teardown(ddp)
+    if not identical:
+        raise RuntimeError("DDP ranks ended with different weights; this is a bug")
+    if not ddp.main:
+        return {}
     best = checkpoint.load(paths.out / "best.pt", map_location=device)
     summary = {
         "experiment": cfg["experiment"],
@@ -311,6 +326,7 @@ def train(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool = Tr
         "steps": step,
         "stopped_early": stopped_early,
         "train_images": len(train_set),
+        "processes": ddp.world,
         "wall_time_s": round(wall, 1),
     }
     write_history(history, paths.history)
@@ -333,7 +349,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.experiment, args.profile, args.overrides)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    # one process per core group: torchrun's processes share the machine's cores
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     run = train
     if cfg["model"]["family"] != "bbdm":  # GAN baselines share the data, outputs and tracking contract
         from linebridge.baselines import train_gan as run
@@ -342,5 +359,6 @@ def main(args: argparse.Namespace) -> int:
     except TrainingDiverged as err:
         print(f"linebridge train: {err}")
         return 3
-    print(json.dumps(summary, indent=2))
+    if summary:
+        print(json.dumps(summary, indent=2))
     return 0
