@@ -77,6 +77,11 @@ def parse_override(text: str) -> Config:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.epochs=3")
     key, raw = text.split("=", 1)
     value = yaml.safe_load(raw) if raw.strip() else None
+    if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     nested: Config = value
     for part in reversed(key.strip().split(".")):
         nested = {part: nested}
