@@ -43,7 +43,7 @@ def study(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     sh(["git", "add", "-A"], root, env)
     sh(["git", "commit", "-qm", "study"], root, env)
     sh(["linebridge", "data", "fetch"], root, env)
-    assert "changed" not in sh(["dvc", "status", "data.dvc"], root, env)  # fetch recreates data.dvc's bytes
+    assert "changed" not in sh(["dvc", "status", "data.dvc"], root, env)  # fetch recreates data.dvc's bytes and caches them
     sh(["dvc", "repro"], root, env)
     return root, env
 

@@ -121,5 +121,5 @@ def test_training_logs_through_tracking_server(in_study, mlflow_server, tmp_path
     client = mlflow.MlflowClient(url)
     run = client.get_run((out / "mlflow_run_id").read_text().strip())
     assert run.data.tags["experiment_id"] == "A0" and "val_loss" in run.data.metrics
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == ["samples/epoch_002.png"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == ["samples/epoch_001.png", "samples/epoch_002.png"]
     assert list((folder / "artifacts").rglob("epoch_002.png")), "the artifact went to the server's store"

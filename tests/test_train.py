@@ -141,7 +141,7 @@ def test_training_logs_to_mlflow(in_study, tmp_path):
     history = client.get_metric_history(run_id, "val_loss")
     assert [m.step for m in history] == [1, 2]
     artifacts = [a.path for a in client.list_artifacts(run_id, "samples")]
-    assert artifacts == ["samples/epoch_002.png"]
+    assert artifacts == ["samples/epoch_001.png", "samples/epoch_002.png"]
     assert run.info.status == "FINISHED"
 
 

