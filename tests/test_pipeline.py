@@ -52,7 +52,7 @@ def test_report_has_every_row_and_column(study):
     root, _ = study
     params = yaml.safe_load((root / "params.yaml").read_text())
     report = (root / "reports" / "ablation.md").read_text()
-    models = params["study"]["experiments"] + params["study"]["trivial"]
+    models = params["study"]["experiments"] + params["study"]["baselines"] + params["study"]["trivial"]
     tables = report.split("### ")[1:4]
     assert len(tables) == 3
     for table in tables:

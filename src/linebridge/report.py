@@ -283,7 +283,7 @@ def figures(root: Path, models: list[str], prepared: Path) -> None:
 def build_report(root: Path) -> str:
     cfg = load_config(None, None, [], root=root)
     study = _study(root)
-    models = list(study["experiments"])
+    models = [*study["experiments"], *study["baselines"]]
     prepared = root / cfg["data"]["prepared_dir"]
     info = read_json(prepared / "info.json") or {}
     figures(root, models, prepared)
