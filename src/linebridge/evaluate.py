@@ -131,7 +131,7 @@ def evaluate(name: str, checkpoint: Path | None, cfg: dict[str, Any], out_dir: P
         result = {
             "model": name,
             "checkpoint": str(checkpoint.relative_to(repo_root())) if checkpoint and checkpoint.is_relative_to(repo_root()) else (str(checkpoint) if checkpoint else None),
-            "weights": weights if colorizer is not None else None,
+            "weights": weights if colorizer is not None and steps else None,  # GANs keep no EMA
             "protocol": protocol,
             "sampler": None if not steps or colorizer is None else {"steps": steps, "eta": eta, "deterministic": deterministic, "seed": cfg["seed"]},
             "n_images": len(data["id"]),
