@@ -21,6 +21,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("colorize", "linebridge.colorize", "colorize your own line art with a trained checkpoint"),
     ("tune", "linebridge.tune", "Optuna study of lambda_edge and TPS strength for the full method (A3)"),
     ("report", "linebridge.report", "write reports/ablation.md from the evaluated runs"),
+    ("bench", "linebridge.bench", "benchmark training steps and sampling against the machine's matmul peak"),
 ]
 
 
