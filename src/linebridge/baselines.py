@@ -71,7 +71,6 @@ is resized back to data.image_size.
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import time
 from collections.abc import Callable
@@ -87,7 +86,8 @@ from torch import Tensor, nn
 from linebridge import checkpoint
 from linebridge.config import Config, ConfigError, UserError, repo_root
 from linebridge.data import build_dataset
-from linebridge.train import EpochCallback, Paths, TrainingDiverged, batches, collate, reference_for, write_atomic, write_history
+from linebridge.train import (EpochCallback, Paths, TrainingDiverged, batches, collate, finish_run, reference_for, save_last,
+                              saved_wall_time, write_atomic)
 
 FAMILIES = ("pix2pix", "scft")
 NormFactory = Callable[[int], nn.Module]
@@ -533,7 +533,7 @@ def train_gan(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool 
     losses = Losses(cfg, device)
 
     epoch, step, best_val, bad_epochs, history, wall = 0, 0, math.inf, 0, [], 0.0
-    last, timing = paths.out / "last.pt", paths.out / "timing.json"
+    last = paths.out / "last.pt"
     if resume and last.exists():
         state = checkpoint.load(last, kind=checkpoint.GAN_KIND, map_location=device)
         if state["config"] != cfg:
@@ -542,7 +542,7 @@ def train_gan(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool 
             gan.load_state_dict(state)
             torch.set_rng_state(state["rng"])
             epoch, step, best_val, bad_epochs, history = (state[k] for k in ("epoch", "step", "best_val", "bad_epochs", "history"))
-            wall = json.loads(timing.read_text())["wall_time_s"] if timing.exists() else 0.0
+            wall = saved_wall_time(last)
             print(f"resuming {cfg['experiment']} after epoch {epoch} (step {step})")
 
     run_id_file = paths.out / "mlflow_run_id"
@@ -596,9 +596,8 @@ def train_gan(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool 
                 if epoch % tc["sample_every"] == 0 or epoch == epochs:
                     tracking.log_image(sample_grid_gan(gan.generator, val_set, cfg, device, paths.out / "samples" / f"epoch_{epoch:03d}.png"))
             if epoch % tc["checkpoint_every"] == 0 or epoch == epochs or stopped_early:
-                checkpoint.save({"kind": checkpoint.GAN_KIND, "config": cfg, **gan.state_dict(), "rng": torch.get_rng_state(),
-                                 "epoch": epoch, "step": step, "best_val": best_val, "bad_epochs": bad_epochs, "history": history}, last)
-                write_atomic(timing, json.dumps({"wall_time_s": wall}) + "\n")
+                save_last({"kind": checkpoint.GAN_KIND, "config": cfg, **gan.state_dict(), "rng": torch.get_rng_state(),
+                           "epoch": epoch, "step": step, "best_val": best_val, "bad_epochs": bad_epochs, "history": history}, last, wall)
             if on_epoch is not None:
                 on_epoch(epoch, val_loss)
     except BaseException:
@@ -607,26 +606,8 @@ def train_gan(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool 
         raise
 
     best = checkpoint.load(paths.out / "best.pt", kind=checkpoint.GAN_KIND, map_location=device)
-    summary = {
-        "experiment": cfg["experiment"],
-        "family": family,
-        "profile": cfg["profile"],
-        "losses": losses.names,
-        "losses_note": losses.note,
-        "best_val_loss": best["val_loss"],
-        "best_epoch": best["epoch"],
-        "epochs_run": epoch,
-        "steps": step,
-        "stopped_early": stopped_early,
-        "train_images": len(train_set),
-        "wall_time_s": round(wall, 1),
-    }
-    write_history(history, paths.history)
-    write_atomic(paths.metrics, json.dumps(summary, indent=2) + "\n")
-    if log_mlflow:
-        tracking.log_metrics({"best_val_loss": best["val_loss"]}, epoch)
-        tracking.end_run()
-    return summary
+    summary = {"experiment": cfg["experiment"], "family": family, "profile": cfg["profile"], "losses": losses.names, "losses_note": losses.note}
+    return finish_run(summary, best, paths, history, epoch, step, stopped_early, len(train_set), wall, log_mlflow)
 
 
 # --------------------------------------------------------------------------- inference

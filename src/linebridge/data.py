@@ -113,12 +113,16 @@ def image_files(root: Path) -> list[Path]:
     return images
 
 
-def split_by_name(names: Sequence[str], split: str, fractions: Sequence[float]) -> list[int]:
-    """Indices of `names` that fall in `split`, by a hash of each name (independent of list order)."""
+def split_by_name(root: Path, names: Sequence[str], split: str, fractions: Sequence[float], what: str) -> list[int]:
+    """Indices of `names` (the `what` under `root`) that fall in `split`, by a hash of each name
+    (independent of list order); an empty split is an error."""
     if split not in SPLITS:
         raise UserError(f"split {split!r}: use one of {', '.join(SPLITS)}")
     parsed = parse_fractions(fractions)
-    return [i for i, name in enumerate(names) if split_of(name, parsed) == split]
+    keep = [i for i, name in enumerate(names) if split_of(name, parsed) == split]
+    if not keep:
+        raise UserError(f"{root}: no {what} fall in the {split} split ({len(names)} in all); add {what}")
+    return keep
 
 
 # ---------------------------------------------------------------- line-art extractors
@@ -269,9 +273,7 @@ class ColourFolder(Dataset):
         self.split, self.seed = split, seed
         files = image_files(self.root)
         names = [p.relative_to(self.root).as_posix() for p in files]
-        keep = split_by_name(names, split, fractions)
-        if not keep:
-            raise UserError(f"{self.root}: no images fall in the {split} split ({len(files)} in all); add images")
+        keep = split_by_name(self.root, names, split, fractions, "images")
         self.files = [files[i] for i in keep]
         self.ids = [names[i] for i in keep]
         for path in self.files:
@@ -331,9 +333,7 @@ class PairFolder(Dataset):
             files = image_files(self.root)
             names = [p.relative_to(self.root).with_suffix("").as_posix() for p in files]
             pairs = [(p, p) for p in files]
-        keep = split_by_name(names, split, fractions)
-        if not keep:
-            raise UserError(f"{self.root}: no pairs fall in the {split} split ({len(names)} in all); add pairs")
+        keep = split_by_name(self.root, names, split, fractions, "pairs")
         self.ids = [names[i] for i in keep]
         self.pairs = [pairs[i] for i in keep]
         for colour_path, sketch_path in self.pairs:

@@ -34,13 +34,14 @@ class Dist:
         per = global_batch // self.world
         return slice(self.rank * per, (self.rank + 1) * per)
 
-    def all_true(self, flag: bool) -> bool:
-        """True only when `flag` holds on every rank (one tiny all-reduce)."""
-        if self.world == 1:
-            return flag
-        t = torch.tensor([0.0 if flag else 1.0], device=self.device() if dist.get_backend() == "nccl" else "cpu")
-        dist.all_reduce(t)
-        return t.item() == 0.0
+    def min_item(self, value: torch.Tensor) -> int:
+        """The smallest value of a scalar integer tensor over all ranks, as a Python int (a host sync)."""
+        if self.world > 1:
+            value = value.detach().clone()
+            if dist.get_backend() != "nccl":
+                value = value.cpu()
+            dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        return int(value.item())
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         if self.world == 1:

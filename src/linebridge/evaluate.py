@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from linebridge import metrics as M
-from linebridge.config import UserError, load_config, repo_root
+from linebridge.config import load_config, repo_root
 from linebridge.data import ProtocolDataset
 from linebridge.stats import bootstrap_ci
 

@@ -16,7 +16,7 @@ from linebridge.models import build_model
 
 def load_model(path: Path, weights: str = "ema", device: torch.device | str = "cpu") -> tuple[nn.Module, BrownianBridge, Config]:
     """Network (EMA or raw weights), its bridge and its config from a linebridge checkpoint."""
-    from linebridge.train import build_bridge
+    from linebridge.train import build_bridge, speed_up
 
     if weights not in ("ema", "raw"):
         raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
@@ -24,7 +24,7 @@ def load_model(path: Path, weights: str = "ema", device: torch.device | str = "c
     cfg = state["config"]
     net = build_model(cfg).to(device)
     net.load_state_dict(state["ema" if weights == "ema" else "model"])
-    return net.eval(), build_bridge(cfg).to(device), cfg
+    return speed_up(net, cfg).eval(), build_bridge(cfg).to(device), cfg
 
 
 Colorizer = Callable[[Tensor, "Tensor | None", int], Tensor]

@@ -300,7 +300,7 @@ def build_report(root: Path) -> str:
         "",
         f"**Data**: OpenMoji line art / colour pairs at {info.get('image_size', '?')}², split by base emoji: "
         + ", ".join(f"{k} {v['images']} images / {v['groups']} groups" for k, v in sorted(splits.items()))
-        + f". Test protocols: " + ", ".join(f"{k} {v}" for k, v in sorted(info.get("protocols", {}).items()))
+        + ". Test protocols: " + ", ".join(f"{k} {v}" for k, v in sorted(info.get("protocols", {}).items()))
         + f" items; evaluated on the first {cfg['eval']['max_images'] or 'all'} of each. "
         f"**Seeds**: one training seed ({cfg['seed']}) per model; sampling seed {cfg['seed']}. Intervals are over test images only, "
         "not over training seeds, so they understate run-to-run variation.",

@@ -29,10 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from linebridge import checkpoint, distributed
-from linebridge.augment import make_reference
 from linebridge.bridge import BrownianBridge
 from linebridge.config import Config, UserError, load_config, repo_root
-from linebridge.data import build_dataset
 from linebridge.losses import edge_weighted_l1
 from linebridge.models import build_model
 
@@ -81,6 +79,37 @@ class EMA:
 def autocast(device: torch.device):
     """bf16 autocast on CUDA; a no-op on CPU (bf16 is slower than fp32 on this CPU)."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def make_optimizer(net: nn.Module, cfg: Config, fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW of `train`; fused (one kernel for all parameters) unless `perf.fused_adamw` is off."""
+    tc = cfg["train"]
+    fused = cfg["perf"]["fused_adamw"] if fused is None else fused
+    return torch.optim.AdamW(net.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"], betas=tuple(tc["betas"]),
+                             fused=fused or None)
+
+
+def speed_up(net: nn.Module, cfg: Config) -> nn.Module:
+    """`perf.channels_last`: NHWC weights (activations follow); same maths, faster convolutions.
+
+    Checkpoints written before `perf` existed load in the contiguous layout.
+    """
+    return net.to(memory_format=torch.channels_last) if cfg.get("perf", {}).get("channels_last") else net
+
+
+def train_step(model: nn.Module, net: nn.Module, bridge: BrownianBridge, opt: torch.optim.Optimizer, batch: dict[str, Tensor],
+               ref: Tensor, t: Tensor, noise: Tensor, cfg: Config) -> Tensor:
+    """Loss → backward → clip → AdamW on one batch; returns the detached loss without a host sync.
+
+    `model` is what runs forward (`net`, or its DDP / torch.compile wrapper); `net` owns the parameters.
+    """
+    with autocast(t.device):
+        loss, _ = diffusion_loss(model, bridge, batch, ref, cfg, t, noise)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(net.parameters(), cfg["train"]["grad_clip"])
+    opt.step()
+    return loss.detach()
 
 
 def diffusion_loss(net: nn.Module, bridge: BrownianBridge, batch: dict[str, Tensor], ref: Tensor, cfg: Config,
@@ -139,6 +168,8 @@ def validate(net: nn.Module, bridge: BrownianBridge, dataset, cfg: Config, devic
 
 
 def reference_for(gt: Tensor, cfg: Config) -> Tensor:
+    from linebridge.augment import make_reference  # kornia, imported on use: the GPU check runs without it
+
     a = cfg["augment"]
     return make_reference(gt, a["use_tps"], a["tps_scale"], a["jitter"])
 
@@ -177,7 +208,20 @@ def write_history(history: list[dict[str, Any]], path: Path) -> None:
     write_atomic(path, buf.getvalue())
 
 
+def save_last(state: dict[str, Any], last: Path, wall: float) -> None:
+    """The resumable checkpoint, and the wall time beside it (so checkpoints stay byte-reproducible)."""
+    checkpoint.save(state, last)
+    write_atomic(last.with_name("timing.json"), json.dumps({"wall_time_s": wall}) + "\n")
+
+
+def saved_wall_time(last: Path) -> float:
+    timing = last.with_name("timing.json")
+    return json.loads(timing.read_text())["wall_time_s"] if timing.exists() else 0.0
+
+
 EpochCallback = Callable[[int, float], None]
+CHECK_EVERY = 10        # steps between the loop's host syncs (NaN check, progress bar)
+NO_BAD_STEP = 2**62
 
 
 def train(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool = True, progress: bool = True,
@@ -188,6 +232,8 @@ def train(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool = Tr
     prunes there: an exception it raises ends the run, marked FAILED in MLflow).
     """
     from tqdm.auto import tqdm
+
+    from linebridge.data import build_dataset
 
     tc = cfg["train"]
     ddp = distributed.setup()
@@ -204,10 +250,12 @@ def train(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool = Tr
     if len(train_set) < tc["batch_size"]:
         raise UserError(f"train split has {len(train_set)} images, fewer than train.batch_size={tc['batch_size']}")
 
-    net = build_model(cfg).to(device)
+    net = speed_up(build_model(cfg).to(device), cfg)
     model = nn.parallel.DistributedDataParallel(net) if ddp.world > 1 else net
+    if cfg["perf"]["compile"]:
+        model = torch.compile(model)
     bridge = build_bridge(cfg).to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"], betas=tuple(tc["betas"]))
+    opt = make_optimizer(net, cfg)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=tc["epochs"], eta_min=tc["eta_min"])
     ema = EMA(net, tc["ema_rate"], tc["ema_start"])
     if cfg["loss"]["lambda_lpips"] > 0:
@@ -215,7 +263,6 @@ def train(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool = Tr
 
     epoch, step, best_val, bad_epochs, history, wall = 0, 0, math.inf, 0, [], 0.0
     last = paths.out / "last.pt"
-    timing = paths.out / "timing.json"  # wall time lives beside the checkpoint, so checkpoints stay byte-reproducible
     if resume and last.exists():
         state = checkpoint.load(last, map_location=device)
         if state["config"] != cfg:
@@ -228,7 +275,7 @@ def train(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool = Tr
             torch.set_rng_state(state["rng"])
             epoch, step, best_val, bad_epochs = state["epoch"], state["step"], state["best_val"], state["bad_epochs"]
             history = state["history"]
-            wall = json.loads(timing.read_text())["wall_time_s"] if timing.exists() else 0.0
+            wall = saved_wall_time(last)
             if ddp.main:
                 print(f"resuming {cfg['experiment']} after epoch {epoch} (step {step})")
 
@@ -247,30 +294,32 @@ def train(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool = Tr
             net.train()
             t0 = time.perf_counter()
             sums, seen = torch.zeros((), device=device), 0
-            bar = tqdm(batches(train_set, tc["batch_size"], cfg["seed"], epoch), desc=f"{cfg['experiment']} epoch {epoch + 1}/{tc['epochs']}",
+            bad_step = torch.full((), NO_BAD_STEP, device=device)  # first step with a non-finite loss and that loss,
+            bad_loss = torch.zeros((), device=device)                # kept on the device until the next check
+            epoch_batches = batches(train_set, tc["batch_size"], cfg["seed"], epoch)
+            bar = tqdm(epoch_batches, desc=f"{cfg['experiment']} epoch {epoch + 1}/{tc['epochs']}",
                        unit="batch", disable=not progress or not ddp.main, leave=False)
-            for idx in bar:
+            for i, idx in enumerate(bar):
                 batch = collate(train_set, idx, device)
                 ref = reference_for(batch["GT"], cfg)
                 t = torch.randint(0, bridge.num_timesteps, (len(idx),)).to(device)
                 noise = torch.randn(batch["GT"].shape).to(device)
                 mine = ddp.my_slice(len(idx))  # the whole slice in a single process
-                with autocast(device):
-                    loss, _ = diffusion_loss(model, bridge, {k: v[mine] for k, v in batch.items()}, ref[mine], cfg, t[mine], noise[mine])
-                if not ddp.all_true(bool(torch.isfinite(loss))):
-                    raise TrainingDiverged(
-                        f"{cfg['experiment']}: loss is not finite ({loss.item()}) at step {step + 1} (epoch {epoch + 1}); "
-                        f"the last good checkpoint is kept at {last}. Lower train.lr or check the data."
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(net.parameters(), tc["grad_clip"])
-                opt.step()
+                loss = train_step(model, net, bridge, opt, {k: v[mine] for k, v in batch.items()}, ref[mine], t[mine], noise[mine], cfg)
                 step += 1
+                first = ~torch.isfinite(loss) & (bad_step == NO_BAD_STEP)
+                bad_step, bad_loss = torch.where(first, step, bad_step), torch.where(first, loss.float(), bad_loss)
                 ema.update(net, step)
                 sums += ddp.mean(loss) * len(idx)
                 seen += len(idx)
-                if step % 10 == 0:
+                if step % CHECK_EVERY == 0 or i == len(epoch_batches) - 1:  # host syncs only every CHECK_EVERY steps
+                    first_bad = ddp.min_item(bad_step)
+                    if first_bad != NO_BAD_STEP:
+                        value = bad_loss.item() if int(bad_step) == first_bad else "on another process"
+                        raise TrainingDiverged(
+                            f"{cfg['experiment']}: loss is not finite ({value}) at step {first_bad} (epoch {epoch + 1}); "
+                            f"the last good checkpoint is kept at {last}. Lower train.lr or check the data."
+                        )
                     bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
             epoch_time = time.perf_counter() - t0
             wall += epoch_time
@@ -298,11 +347,10 @@ def train(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool = Tr
                     grid = sample_grid(ema.shadow, bridge, val_set, cfg, device, paths.out / "samples" / f"epoch_{epoch:03d}.png")
                     tracking.log_image(grid)
             if ddp.main and (epoch % tc["checkpoint_every"] == 0 or epoch == tc["epochs"] or stopped_early):
-                checkpoint.save({"kind": checkpoint.KIND, "config": cfg, "model": net.state_dict(), "ema": ema.shadow.state_dict(),
+                save_last({"kind": checkpoint.KIND, "config": cfg, "model": net.state_dict(), "ema": ema.shadow.state_dict(),
                                  "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
                                  "epoch": epoch, "step": step, "best_val": best_val, "bad_epochs": bad_epochs,
-                                 "history": history}, last)
-                write_atomic(timing, json.dumps({"wall_time_s": wall}) + "\n")
+                                 "history": history}, last, wall)
             if on_epoch is not None:
                 on_epoch(epoch, val_loss)
     except BaseException:
@@ -318,21 +366,20 @@ def train(cfg: Config, paths: Paths, resume: bool = False, log_mlflow: bool = Tr
     if not ddp.main:
         return {}
     best = checkpoint.load(paths.out / "best.pt", map_location=device)
-    summary = {
-        "experiment": cfg["experiment"],
-        "profile": cfg["profile"],
-        "best_val_loss": best["val_loss"],
-        "best_epoch": best["epoch"],
-        "epochs_run": epoch,
-        "steps": step,
-        "stopped_early": stopped_early,
-        "train_images": len(train_set),
-        "processes": ddp.world,
-        "wall_time_s": round(wall, 1),
-    }
+    summary = {"experiment": cfg["experiment"], "profile": cfg["profile"], "processes": ddp.world}
+    return finish_run(summary, best, paths, history, epoch, step, stopped_early, len(train_set), wall, log_mlflow)
+
+
+def finish_run(summary: dict[str, Any], best: dict[str, Any], paths: Paths, history: list[dict[str, Any]], epoch: int, step: int,
+               stopped_early: bool, train_images: int, wall: float, log_mlflow: bool) -> dict[str, Any]:
+    """End of a training run (BBDM or GAN): the summary JSON, the history CSV, MLflow's best_val_loss, run closed."""
+    summary = {**summary, "best_val_loss": best["val_loss"], "best_epoch": best["epoch"], "epochs_run": epoch, "steps": step,
+               "stopped_early": stopped_early, "train_images": train_images, "wall_time_s": round(wall, 1)}
     write_history(history, paths.history)
     write_atomic(paths.metrics, json.dumps(summary, indent=2) + "\n")
     if log_mlflow:
+        from linebridge import tracking
+
         tracking.log_metrics({"best_val_loss": best["val_loss"]}, epoch)
         tracking.end_run()
     return summary
