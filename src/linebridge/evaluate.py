@@ -88,12 +88,17 @@ def write_csv(path: Path, ids: list[str], per_image: dict[str, Any]) -> None:
     path.write_text(buf.getvalue())
 
 
+def spread(count: int, n: int) -> list[int]:
+    """n item indices spread evenly over `count` evaluated items (the first ones are often one group: flags)."""
+    return torch.linspace(0, count - 1, min(n, count)).round().long().tolist()
+
+
 def save_grid(path: Path, data: dict[str, Any], fake: Tensor, n: int = 16) -> None:
-    """line art | reference | output | ground truth, one row per item."""
+    """line art | reference | output | ground truth, one row per item, items spread over the set."""
     from torchvision.utils import save_image
 
-    k = min(n, fake.shape[0])
-    rows = torch.stack([data["lineart"][:k].expand(-1, 3, -1, -1), data["ref"][:k], fake[:k], data["GT"][:k]], 1).flatten(0, 1)
+    k = spread(fake.shape[0], n)
+    rows = torch.stack([data["lineart"][k].expand(-1, 3, -1, -1), data["ref"][k], fake[k], data["GT"][k]], 1).flatten(0, 1)
     save_image((rows + 1) / 2, path, nrow=4, padding=1)
 
 
@@ -149,10 +154,11 @@ def evaluate(name: str, checkpoint: Path | None, cfg: dict[str, Any], out_dir: P
 
 
 def save_outputs(path: Path, fake: Tensor, n: int = GRID_ITEMS) -> None:
-    """The first n outputs side by side, no padding: the report's cross-model grid reads them back."""
+    """The outputs of items `spread(len(fake), n)` side by side, no padding: the report's cross-model grid reads them back."""
     from torchvision.utils import save_image
 
-    save_image((fake[:n] + 1) / 2, path, nrow=n, padding=0)
+    k = spread(fake.shape[0], n)
+    save_image((fake[k] + 1) / 2, path, nrow=len(k), padding=0)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -212,10 +212,15 @@ def figures(root: Path, models: list[str], prepared: Path) -> None:
     fig_dir.mkdir(parents=True, exist_ok=True)
     plt.rcParams["svg.hashsalt"] = "linebridge"
 
-    # sample grid: rows = items, columns = line art | reference | models | GT, for two protocols
+    # sample grid: rows = items (spread over the evaluated set, as evaluate saved them), columns = line art | reference | models | GT
+    from linebridge.evaluate import GRID_ITEMS, spread
+
     panels = []
     for protocol in ("self", "cross_gt"):
-        rows = list(csv.DictReader((prepared / "protocols" / f"{protocol}.csv").open()))[:8]
+        rows = list(csv.DictReader((prepared / "protocols" / f"{protocol}.csv").open()))
+        evaluated = [read_json(root / "metrics" / "eval" / m / f"{protocol}.json") for m in models]
+        count = next((e["n_images"] for e in evaluated if e), len(rows))
+        rows = [rows[i] for i in spread(count, GRID_ITEMS)]
         cols = {"line art": [Image.open(prepared / "line" / f"{r['id']}.png").convert("RGB") for r in rows],
                 "reference": [Image.open(prepared / "protocols" / protocol / "ref" / f"{r['id']}.png").convert("RGB") for r in rows]}
         for m in models:
