@@ -46,8 +46,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: torch.device) -> dict[str, float]:
-    """Median seconds of each function; every round times each function once, in turn."""
+def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: torch.device) -> dict[str, list[float]]:
+    """Seconds of each call; every round times each function once, in turn (drift hits all alike)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -59,7 +59,11 @@ def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int, warmup:
             fn()
             sync(device)
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: torch.device) -> dict[str, float]:
+    return {name: statistics.median(ts) for name, ts in interleaved_times(fns, repeats, warmup, device).items()}
 
 
 def matmul_peak(device: torch.device, repeats: int = 10) -> tuple[float, str]:
@@ -70,16 +74,8 @@ def matmul_peak(device: torch.device, repeats: int = 10) -> tuple[float, str]:
     """
     n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / min(times) / 1e9, f"{str(dtype).removeprefix('torch.')} {n}³"
+    fastest = min(interleaved_times({"mm": lambda: a @ b}, repeats, 3, device)["mm"])
+    return 2 * n**3 / fastest / 1e9, f"{str(dtype).removeprefix('torch.')} {n}³"
 
 
 def synthetic_batch(cfg: Config, batch: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -105,11 +101,16 @@ def model_flops_per_step(net: nn.Module, cfg: Config, batch: dict[str, torch.Ten
 
 
 class LoopStep:
-    """One body of the training loop (reference, timesteps, noise, train_step, EMA) for one variant."""
+    """One body of the training loop (reference, timesteps, noise, train_step, EMA) for one variant.
 
-    def __init__(self, cfg: Config, batch: dict[str, torch.Tensor], variant: str, device: torch.device) -> None:
+    `make_ref(gt)` makes the reference (default: the training one, TPS + jitter).
+    """
+
+    def __init__(self, cfg: Config, batch: dict[str, torch.Tensor], variant: str, device: torch.device,
+                 make_ref: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         torch.manual_seed(0)
         self.cfg, self.batch, self.variant = cfg, batch, variant
+        self.make_ref = make_ref or (lambda gt: reference_for(gt, cfg))
         self.before = variant == "before"
         net = build_model(cfg).to(device)
         self.net = net if self.before else speed_up(net, cfg)
@@ -118,17 +119,19 @@ class LoopStep:
         self.opt = make_optimizer(self.net, cfg, fused=False if self.before else None)
         self.ema = EMA(self.net, cfg["train"]["ema_rate"], 0)
         self.step = 0
+        self.first_loss: torch.Tensor | None = None
+        self.last_loss: torch.Tensor | None = None
 
     def __call__(self) -> None:
         gt = self.batch["GT"]
-        ref = reference_for(gt, self.cfg)
         t = torch.randint(0, self.bridge.num_timesteps, (gt.shape[0],), device=gt.device)
-        noise = torch.randn_like(gt)
-        loss = train_step(self.model, self.net, self.bridge, self.opt, self.batch, ref, t, noise, self.cfg)
+        loss = train_step(self.model, self.net, self.bridge, self.opt, self.batch, self.make_ref(gt), t, torch.randn_like(gt), self.cfg)
         if self.before:
             bool(torch.isfinite(loss))  # the per-step NaN check the loop used to make
         self.step += 1
         self.ema.update(self.net, self.step)
+        self.first_loss = loss if self.first_loss is None else self.first_loss
+        self.last_loss = loss
 
 
 def train_step_bench(profile: str | None, variants: list[str], repeats: int, warmup: int, device: torch.device,
@@ -187,29 +190,23 @@ def gpu_check(profile: str | None, steps: int, batch_size: int | None, compile_n
     peak, peak_what = matmul_peak(device)
     batch = synthetic_batch(cfg, b, device)
     try:
-        ref_kind, make_ref = "TPS + colour jitter (kornia)", lambda: reference_for(batch["GT"], cfg)
-        make_ref()
+        ref_kind, make_ref = "TPS + colour jitter (kornia)", lambda gt: reference_for(gt, cfg)
+        make_ref(batch["GT"])
     except ImportError:
-        ref_kind, make_ref = "the target itself (kornia not installed)", lambda: batch["GT"]
-    flops = model_flops_per_step(build_model(cfg).to(device), cfg, batch, make_ref())
-    net = speed_up(build_model(cfg).to(device), cfg)
-    model = torch.compile(net) if compile_net else net
-    bridge, opt = build_bridge(cfg).to(device), make_optimizer(net, cfg)
-    ema = EMA(net, cfg["train"]["ema_rate"], 0)
+        ref_kind, make_ref = "the target itself (kornia not installed)", lambda gt: gt
+    flops = model_flops_per_step(build_model(cfg).to(device), cfg, batch, make_ref(batch["GT"]))
+    loop = LoopStep(cfg, batch, "+compile" if compile_net else "after", device, make_ref)
     warmup = max(5, steps // 5)
-    losses = []
     from tqdm.auto import tqdm
 
     for i in tqdm(range(steps), desc="gpu check", unit="step"):
         if i == warmup:
             sync(device)
             t0 = time.perf_counter()
-        t = torch.randint(0, bridge.num_timesteps, (b,), device=device)
-        losses.append(train_step(model, net, bridge, opt, batch, make_ref(), t, torch.randn_like(batch["GT"]), cfg))
-        ema.update(net, i + 1)
+        loop()
     sync(device)
     seconds = (time.perf_counter() - t0) / (steps - warmup)
-    first, last = float(losses[0]), float(losses[-1])
+    first, last = float(loop.first_loss), float(loop.last_loss)
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "profile": cfg["profile"], "image_size": cfg["data"]["image_size"], "batch": b,
