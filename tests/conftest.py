@@ -26,8 +26,8 @@ def make_root(folder: Path) -> Path:
 def tiny_study(tmp_path_factory) -> Path:
     """A root with data/openmoji fetched and outputs/prepared rendered at the tiny profile."""
     from linebridge.config import load_config
-    from linebridge.openmoji import fetch
-    from linebridge.prepare import prepare
+    from linebridge.data.openmoji import fetch
+    from linebridge.data.prepare import prepare
 
     root = make_root(tmp_path_factory.mktemp("tiny_study"))
     fetch(root / "data" / "openmoji")

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from linebridge import baselines as B
 from linebridge import checkpoint
+from linebridge.baselines import controlnet, gan, pix2pix, scft
 from linebridge.cli import main as cli_main
 from linebridge.config import UserError, load_config
-from linebridge.train import Paths, TrainingDiverged
+from linebridge.runs import Paths, TrainingDiverged
 from test_train import same_state, sha  # checkpoint comparison helpers shared with the BBDM tests
 
 FAMILIES = ("pix2pix", "scft")  # the tiny profile trains each for 2 epochs of 4 steps
@@ -41,7 +41,17 @@ def reference_runs(tiny_study, tmp_path_factory) -> dict[str, Path]:
 def test_run_outputs_and_same_seed_same_bytes(family, in_study, reference_runs, tmp_path):
     ref = reference_runs[family]
     state = checkpoint.load(ref / "last.pt", kind=checkpoint.GAN_KIND)
-    assert {"config", "generator", "discriminator", "opt_g", "opt_d", "sched_g", "sched_d", "rng", "history"} <= state.keys()
+    assert {
+        "config",
+        "generator",
+        "discriminator",
+        "opt_g",
+        "opt_d",
+        "sched_g",
+        "sched_d",
+        "rng",
+        "history",
+    } <= state.keys()
     assert state["epoch"] == 2 and state["step"] == 8
     assert (ref / "history.csv").read_text().splitlines()[0] == "epoch,step,train_loss,val_loss,lr"
     assert (ref / "metrics.json").exists()
@@ -58,11 +68,13 @@ def test_resume_after_interrupt_gives_same_state(family, in_study, reference_run
     cfg = load_config(family, "tiny")
     paths = Paths.for_experiment(family, tmp_path / "stopped")
     with pytest.raises(KeyboardInterrupt):
-        B.train_gan(cfg, paths, log_mlflow=False, progress=False, on_epoch=stop_after_first_epoch)
+        gan.train_gan(cfg, paths, log_mlflow=False, progress=False, on_epoch=stop_after_first_epoch)
     assert checkpoint.load(paths.out / "last.pt", kind=checkpoint.GAN_KIND)["epoch"] == 1
     assert run_train(family, paths.out, "--resume") == 0
     for name in ("last.pt", "best.pt"):
-        assert same_state(checkpoint.load(paths.out / name, kind=None), checkpoint.load(reference_runs[family] / name, kind=None)), name
+        assert same_state(
+            checkpoint.load(paths.out / name, kind=None), checkpoint.load(reference_runs[family] / name, kind=None)
+        ), name
     assert (paths.out / "history.csv").read_text() == (reference_runs[family] / "history.csv").read_text()
 
 
@@ -80,12 +92,12 @@ def test_colorizers_shapes_range_and_reference_use(in_study, reference_runs):
         assert out_a.shape == (5, 3, 16, 16) and out_a.min() >= -1 and out_a.max() <= 1
         assert torch.equal(fn(line, ref_a, 7), out_a)  # eval mode: deterministic, seed unused
         outputs[family] = (out_a, out_b)
-    assert torch.equal(*outputs["pix2pix"])            # Pix2Pix ignores the reference
-    assert not torch.allclose(*outputs["scft"])          # SCFT colours from it
+    assert torch.equal(*outputs["pix2pix"])  # Pix2Pix ignores the reference
+    assert not torch.allclose(*outputs["scft"])  # SCFT colours from it
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(in_study, tmp_path, monkeypatch):
-    real = B.Losses.generator
+    real = gan.Losses.generator
     calls = {"n": 0}
 
     def poisoned(self, *args):
@@ -93,13 +105,15 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(in_study, tmp_p
         calls["n"] += 1
         return (loss * float("nan") if calls["n"] == 6 else loss), parts  # step 6: inside epoch 2
 
-    monkeypatch.setattr(B.Losses, "generator", poisoned)
+    monkeypatch.setattr(gan.Losses, "generator", poisoned)
     cfg = load_config("pix2pix", "tiny")
     paths = Paths.for_experiment("pix2pix", tmp_path / "nan")
-    with pytest.raises(TrainingDiverged, match="generator loss is nan at step 6"):
-        B.train_gan(cfg, paths, log_mlflow=False, progress=False)
+    with pytest.raises(TrainingDiverged, match=r"not finite \(nan\) at step 6"):
+        gan.train_gan(cfg, paths, log_mlflow=False, progress=False)
     state = checkpoint.load(paths.out / "last.pt", kind=checkpoint.GAN_KIND)
-    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["generator"].values() if v.is_floating_point())
+    assert state["epoch"] == 1 and all(
+        torch.isfinite(v).all() for v in state["generator"].values() if v.is_floating_point()
+    )
 
 
 def test_scft_run_logs_to_mlflow_with_the_losses_that_ran(in_study, tmp_path, monkeypatch):
@@ -115,7 +129,9 @@ def test_scft_run_logs_to_mlflow_with_the_losses_that_ran(in_study, tmp_path, mo
     assert run.data.params["baselines.scft.lambda_l1"] == "30.0"
     for name in ("g_loss", "d_loss", "l1", "val_loss", "lr", "images_per_s"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1, 2], name
-    assert "samples/epoch_002.png" in [a.path for a in client.list_artifacts(run.info.run_id, "samples")]  # the last epoch's grid
+    assert "samples/epoch_002.png" in [
+        a.path for a in client.list_artifacts(run.info.run_id, "samples")
+    ]  # the last epoch's grid
     assert run.info.status == "FINISHED"
 
 
@@ -125,7 +141,9 @@ def test_scft_run_logs_to_mlflow_with_the_losses_that_ran(in_study, tmp_path, mo
 @pytest.mark.parametrize(("n_layers", "field"), [(1, 16), (2, 34), (3, 70)])
 def test_patchgan_receptive_field(n_layers, field):
     """The gradient of one central output logit reaches exactly a field×field input window."""
-    disc = B.PatchDiscriminator(8, n_layers, lambda c: torch.nn.Identity(), in_channels=1)  # norms would couple all pixels
+    disc = pix2pix.PatchDiscriminator(
+        8, n_layers, lambda c: torch.nn.Identity(), in_channels=1
+    )  # norms would couple all pixels
     x = torch.randn(1, 1, 128, 128, requires_grad=True)
     out = disc.net(x)
     out[0, 0, out.shape[2] // 2, out.shape[3] // 2].backward()
@@ -134,9 +152,9 @@ def test_patchgan_receptive_field(n_layers, field):
 
 
 def test_pix2pix_unet_reaches_1x1_and_places_dropout():
-    gen = B.Pix2PixGenerator(32, 8, B.norm_factory("batch"), dropout_layers=3)
+    gen = pix2pix.Pix2PixGenerator(32, 8, pix2pix.norm_factory("batch"), dropout_layers=3)
     sizes = []
-    blocks = [m for m in gen.modules() if isinstance(m, B.UNetBlock)]  # outermost first
+    blocks = [m for m in gen.modules() if isinstance(m, pix2pix.UNetBlock)]  # outermost first
     for b in blocks:
         b.model[0].register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1]))  # each level's strided conv
     assert gen(torch.zeros(2, 1, 32, 32)).shape == (2, 3, 32, 32)
@@ -146,8 +164,8 @@ def test_pix2pix_unet_reaches_1x1_and_places_dropout():
 
 
 def test_scft_paper_width_and_attention_tokens():
-    assert B.SCFTEncoder(3, 16, 4, B.norm_factory("batch")).dim == 992  # d_v of Lee et al. at 256²
-    gen = B.SCFTGenerator(32, 4, 2, 1, B.norm_factory("batch")).eval()
+    assert scft.SCFTEncoder(3, 16, 4, pix2pix.norm_factory("batch")).dim == 992  # d_v of Lee et al. at 256²
+    gen = scft.SCFTGenerator(32, 4, 2, 1, pix2pix.norm_factory("batch")).eval()
     tokens, skips = gen.sketch_encoder(torch.zeros(1, 1, 32, 32))
     assert tokens.shape == (1, 56, 8, 8) and [s.shape[-1] for s in skips] == [32, 16, 8]
     with pytest.raises(UserError, match="reference"):
@@ -155,7 +173,7 @@ def test_scft_paper_width_and_attention_tokens():
 
 
 def test_linear_decay_policy():
-    factors = [B.linear_decay(8)(e) for e in range(8)]
+    factors = [gan.linear_decay(8)(e) for e in range(8)]
     assert factors[:4] == [1.0] * 4 and factors[4:] == pytest.approx([0.8, 0.6, 0.4, 0.2])
 
 
@@ -166,12 +184,12 @@ def test_perceptual_and_style_losses_run_when_vgg19_weights_exist(tmp_path):
     features = make_layers(cfgs["E"])
     torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, tmp_path / "vgg19-dcbb9e9d.pth")
     cfg = load_config("scft", "tiny", [f"baselines.scft.vgg_weights_dir={tmp_path}"])
-    losses = B.Losses(cfg, torch.device("cpu"))
+    losses = gan.Losses(cfg, torch.device("cpu"))
     assert losses.names == ["l1", "adversarial", "perceptual", "style"] and not losses.note
     x, y = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
-    same = B.perceptual_style_losses(losses.vgg, x, x)
+    same = scft.perceptual_style_losses(losses.vgg, x, x)
     assert all(v.item() == 0 for v in same)
-    assert all(v.item() > 0 for v in B.perceptual_style_losses(losses.vgg, x, y))
+    assert all(v.item() > 0 for v in scft.perceptual_style_losses(losses.vgg, x, y))
 
 
 # --------------------------------------------------------------------------- ControlNet
@@ -179,16 +197,16 @@ def test_perceptual_and_style_losses_run_when_vgg19_weights_exist(tmp_path):
 
 def test_controlnet_status_gives_the_reason_it_does_not_run(tmp_path):
     cfg = load_config("scft", "tiny")
-    status = B.controlnet_status(cfg)
+    status = controlnet.controlnet_status(cfg)
     assert status["run"] is False and "baselines.controlnet.weights_dir" in status["reason"]
     cfg["baselines"]["controlnet"]["weights_dir"] = str(tmp_path)
-    assert "stable-diffusion/model_index.json" in B.controlnet_status(cfg)["reason"]
+    assert "stable-diffusion/model_index.json" in controlnet.controlnet_status(cfg)["reason"]
     (tmp_path / "stable-diffusion").mkdir()
     (tmp_path / "stable-diffusion" / "model_index.json").write_text("{}")
     (tmp_path / "controlnet").mkdir()
     (tmp_path / "controlnet" / "config.json").write_text("{}")
     if not torch.cuda.is_available():
-        assert "GPU" in B.controlnet_status(cfg)["reason"]
+        assert "GPU" in controlnet.controlnet_status(cfg)["reason"]
 
 
 def save_tiny_controlnet_weights(root: Path) -> None:
@@ -200,12 +218,33 @@ def save_tiny_controlnet_weights(root: Path) -> None:
 
     torch.manual_seed(0)
     widths = {"block_out_channels": (8, 16), "norm_num_groups": 4}
-    attn = {"cross_attention_dim": 8, "attention_head_dim": 2, "layers_per_block": 1, "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D")}
+    attn = {
+        "cross_attention_dim": 8,
+        "attention_head_dim": 2,
+        "layers_per_block": 1,
+        "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+    }
     unet = UNet2DConditionModel(**widths, **attn, sample_size=8, up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
     controlnet = ControlNetModel(**widths, **attn, conditioning_embedding_out_channels=(4, 8))
-    vae = AutoencoderKL(**widths, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4)
-    text = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=8, intermediate_size=16,
-                                        num_attention_heads=2, num_hidden_layers=1, vocab_size=64, max_position_embeddings=32))
+    vae = AutoencoderKL(
+        **widths,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+    )
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=8,
+            intermediate_size=16,
+            num_attention_heads=2,
+            num_hidden_layers=1,
+            vocab_size=64,
+            max_position_embeddings=32,
+        )
+    )
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for ch in "abcdefghijklmnopqrstuvwxyz,":
         vocab[ch], vocab[ch + "</w>"] = len(vocab), len(vocab) + 1
@@ -213,17 +252,33 @@ def save_tiny_controlnet_weights(root: Path) -> None:
     (root / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=32)
     scheduler = DDIMScheduler(beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler, safety_checker=None,
-                            feature_extractor=None, requires_safety_checker=False).save_pretrained(root / B.SD_DIR)
-    controlnet.save_pretrained(root / B.CONTROLNET_DIR)
+    StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(root / controlnet.SD_DIR)
+    controlnet.save_pretrained(root / controlnet.CONTROLNET_DIR)
 
 
 def test_controlnet_colorizer_runs_a_tiny_random_pipeline(tmp_path):
     pytest.importorskip("diffusers")
     save_tiny_controlnet_weights(tmp_path)
-    cfg = load_config("scft", "tiny", [f"baselines.controlnet.weights_dir={tmp_path}", "baselines.controlnet.resolution=32",
-                                       "baselines.controlnet.steps=2", "baselines.controlnet.batch_size=2"])
-    fn = B.controlnet_colorizer(cfg, "cpu")
+    cfg = load_config(
+        "scft",
+        "tiny",
+        [
+            f"baselines.controlnet.weights_dir={tmp_path}",
+            "baselines.controlnet.resolution=32",
+            "baselines.controlnet.steps=2",
+            "baselines.controlnet.batch_size=2",
+        ],
+    )
+    fn = controlnet.controlnet_colorizer(cfg, "cpu")
     line = torch.rand(3, 1, 16, 16) * 2 - 1
     out = fn(line, None, 0)
     assert out.shape == (3, 3, 16, 16) and out.min() >= -1 and out.max() <= 1

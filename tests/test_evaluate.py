@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from linebridge.cli import main as cli_main
-from linebridge.evaluate import PROTOCOLS
+from linebridge.evaluation.evaluate import PROTOCOLS
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,10 @@ def trained(tiny_study) -> Path:
     old = os.getcwd()
     os.chdir(tiny_study)
     try:
-        assert cli_main(["train", "--experiment", "A3", "--profile", "tiny", "--no-mlflow", "--out", "outputs/train/A3"]) == 0
+        assert (
+            cli_main(["train", "--experiment", "A3", "--profile", "tiny", "--no-mlflow", "--out", "outputs/train/A3"])
+            == 0
+        )
     finally:
         os.chdir(old)
     return tiny_study / "outputs" / "train" / "A3" / "best.pt"
@@ -63,10 +66,32 @@ def test_trivial_models_score_as_expected(in_study, tmp_path):
 
 def test_sweep_rows(in_study, trained, tmp_path):
     out = tmp_path / "sweep"
-    assert cli_main(["evaluate", "--experiment", "A3", "--profile", "tiny", "--sweep", "--out", str(out),
-                     "--set", "eval.sweep_steps=[10,5]", "--set", "eval.sweep_images=4"]) == 0
+    assert (
+        cli_main(
+            [
+                "evaluate",
+                "--experiment",
+                "A3",
+                "--profile",
+                "tiny",
+                "--sweep",
+                "--out",
+                str(out),
+                "--set",
+                "eval.sweep_steps=[10,5]",
+                "--set",
+                "eval.sweep_images=4",
+            ]
+        )
+        == 0
+    )
     rows = json.loads((out / "sweep.json").read_text())["rows"]
-    assert [(r["steps"], r["sampler"].split()[0]) for r in rows] == [(10, "eta=1"), (10, "deterministic"), (5, "eta=1"), (5, "deterministic")]
+    assert [(r["steps"], r["sampler"].split()[0]) for r in rows] == [
+        (10, "eta=1"),
+        (10, "deterministic"),
+        (5, "eta=1"),
+        (5, "deterministic"),
+    ]
     assert all(r["seconds_per_image"] > 0 and r["n_images"] == 4 for r in rows)
 
 
@@ -77,24 +102,83 @@ def test_colorize_any_size_and_mode(in_study, trained, tmp_path):
     line.save(tmp_path / "line.png")
     Image.new("P", (50, 50), 3).save(tmp_path / "ref.gif")
     out = tmp_path / "out" / "colour.png"
-    assert cli_main(["colorize", str(tmp_path / "line.png"), "--ref", str(tmp_path / "ref.gif"), "--checkpoint", str(trained),
-                     "-o", str(out), "--steps", "5"]) == 0
+    assert (
+        cli_main(
+            [
+                "colorize",
+                str(tmp_path / "line.png"),
+                "--ref",
+                str(tmp_path / "ref.gif"),
+                "--checkpoint",
+                str(trained),
+                "-o",
+                str(out),
+                "--steps",
+                "5",
+            ]
+        )
+        == 0
+    )
     img = Image.open(out)
     assert img.size == (37, 23) and img.mode == "RGB"
     a = np.asarray(img)
-    assert cli_main(["colorize", str(tmp_path / "line.png"), "--ref", str(tmp_path / "ref.gif"), "--checkpoint", str(trained),
-                     "-o", str(out), "--steps", "5"]) == 0
+    assert (
+        cli_main(
+            [
+                "colorize",
+                str(tmp_path / "line.png"),
+                "--ref",
+                str(tmp_path / "ref.gif"),
+                "--checkpoint",
+                str(trained),
+                "-o",
+                str(out),
+                "--steps",
+                "5",
+            ]
+        )
+        == 0
+    )
     assert np.array_equal(a, np.asarray(Image.open(out))), "same seed, same image"
 
 
 def test_colorize_errors_name_the_problem(in_study, trained, tmp_path, capsys):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    assert cli_main(["colorize", str(tmp_path / "broken.png"), "--ref", str(tmp_path / "broken.png"), "--checkpoint", str(trained), "-o", str(tmp_path / "o.png")]) == 2
+    assert (
+        cli_main(
+            [
+                "colorize",
+                str(tmp_path / "broken.png"),
+                "--ref",
+                str(tmp_path / "broken.png"),
+                "--checkpoint",
+                str(trained),
+                "-o",
+                str(tmp_path / "o.png"),
+            ]
+        )
+        == 2
+    )
     assert "broken.png" in capsys.readouterr().err
     torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
     Image.new("L", (8, 8), 255).save(tmp_path / "l.png")
-    assert cli_main(["colorize", str(tmp_path / "l.png"), "--checkpoint", str(tmp_path / "foreign.pt"), "-o", str(tmp_path / "o.png")]) == 2
+    assert (
+        cli_main(
+            [
+                "colorize",
+                str(tmp_path / "l.png"),
+                "--checkpoint",
+                str(tmp_path / "foreign.pt"),
+                "-o",
+                str(tmp_path / "o.png"),
+            ]
+        )
+        == 2
+    )
     assert "foreign.pt" in capsys.readouterr().err
-    assert cli_main(["colorize", str(tmp_path / "l.png"), "--checkpoint", str(trained), "-o", str(tmp_path / "o.png")]) == 2
+    assert (
+        cli_main(["colorize", str(tmp_path / "l.png"), "--checkpoint", str(trained), "-o", str(tmp_path / "o.png")])
+        == 2
+    )
     assert "--ref" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()

@@ -12,9 +12,9 @@ from skimage.color import deltaE_ciede2000
 from skimage.metrics import structural_similarity
 from torch import nn
 
-from linebridge import metrics
-from linebridge.metrics import MetricUnavailable
-from linebridge.stats import bootstrap_ci, paired_bootstrap
+from linebridge.evaluation import metrics
+from linebridge.evaluation.stats import bootstrap_ci, paired_bootstrap
+from linebridge.pretrained import Unavailable, load_lpips
 
 # Sharma, Wu & Dalal (2005), Table 1: (L1, a1, b1, L2, a2, b2, ΔE00).
 SHARMA = [
@@ -92,8 +92,15 @@ def test_ssim_matches_scikit_image():
     ours = metrics.ssim(pred, target)
     unit = lambda x: ((x + 1) / 2).permute(1, 2, 0).numpy()  # noqa: E731
     reference = [
-        structural_similarity(unit(p), unit(t), gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                              data_range=1.0, channel_axis=2)
+        structural_similarity(
+            unit(p),
+            unit(t),
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
+            channel_axis=2,
+        )
         for p, t in zip(pred, target)
     ]
     assert ours.shape == (3,)
@@ -115,8 +122,9 @@ def test_ciede2000_agrees_with_scikit_image():
     table = np.array(SHARMA)
     assert np.allclose(deltaE_ciede2000(table[:, 0:3], table[:, 3:6]), table[:, 6], atol=1e-4)
     rng = np.random.default_rng(0)
-    lab = np.stack([rng.uniform(0, 100, (2, 500)), rng.uniform(-100, 100, (2, 500)),
-                    rng.uniform(-100, 100, (2, 500))], axis=-1)
+    lab = np.stack(
+        [rng.uniform(0, 100, (2, 500)), rng.uniform(-100, 100, (2, 500)), rng.uniform(-100, 100, (2, 500))], axis=-1
+    )
     ours = metrics.ciede2000(torch.from_numpy(lab[0]), torch.from_numpy(lab[1]), dim=-1)
     assert np.allclose(ours.numpy(), deltaE_ciede2000(lab[0], lab[1]), atol=1e-8)
 
@@ -169,8 +177,14 @@ def test_edge_iou_flat_images():
 
 def random_features() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 16, 3, stride=2), nn.ReLU(), nn.Conv2d(16, 16, 3, stride=2), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    ).eval()
 
 
 def test_fid_kid_with_a_random_feature_network():
@@ -224,7 +238,7 @@ def empty_cache(tmp_path, monkeypatch):
 
 def test_missing_weights_are_reported_not_downloaded(empty_cache, tmp_path):
     x = images(2, 32)
-    with pytest.raises(MetricUnavailable) as err:
+    with pytest.raises(Unavailable) as err:
         metrics.lpips(x, x)
     assert "alexnet-owt-7be5be79.pth" in err.value.reason
     assert str(empty_cache / "alexnet-owt-7be5be79.pth") in err.value.how_to_fix
@@ -242,10 +256,11 @@ def test_lpips_loads_the_trunk_from_weights_dir(empty_cache, tmp_path):
     import torchvision
 
     torch.manual_seed(0)
-    trunk = {k: v for k, v in torchvision.models.alexnet(weights=None).state_dict().items()
-             if k.startswith("features.")}
+    trunk = {
+        k: v for k, v in torchvision.models.alexnet(weights=None).state_dict().items() if k.startswith("features.")
+    }
     torch.save(trunk, tmp_path / "alexnet-owt-7be5be79.pth")
-    model = metrics.load_lpips("alex", weights_dir=tmp_path)
+    model = load_lpips("alex", weights_dir=tmp_path)
     assert torch.equal(model.net.state_dict()["slice5.10.weight"], trunk["features.10.weight"])
     x, y = images(3, 32, seed=9), images(3, 32, seed=10)
     assert torch.allclose(metrics.lpips(x, x, model=model), torch.zeros(3), atol=1e-6)
@@ -257,7 +272,7 @@ def test_lpips_with_an_injected_random_backbone_and_size_limit():
     model = lpips_lib.LPIPS(net="vgg", pnet_rand=True, verbose=False)
     x, y = images(2, 16, seed=11), images(2, 16, seed=12)
     assert metrics.lpips(x, y, model=model).shape == (2,)
-    with pytest.raises(MetricUnavailable, match="at least 31 px"):
+    with pytest.raises(Unavailable, match="at least 31 px"):
         metrics.lpips(x, y, net="alex")
 
 

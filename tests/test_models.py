@@ -5,11 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
+from linebridge.bbdm.unet import DualStreamUNet, build_model, model_info
 from linebridge.cli import main as cli_main
 from linebridge.config import ConfigError, load_config
-from linebridge.models import DualStreamUNet, build_model, model_info
 
-SMALL = dict(model_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, attention_sizes=(8,), context_dim=32, heads=2, dim_head=8)
+SMALL = dict(
+    model_channels=16,
+    channel_mult=(1, 2, 2),
+    num_res_blocks=1,
+    attention_sizes=(8,),
+    context_dim=32,
+    heads=2,
+    dim_head=8,
+)
 
 
 def inputs(size: int, b: int = 2, seed: int = 0):
@@ -81,7 +89,13 @@ def test_factory_builds_every_experiment():
         refs[exp] = net.reference
         x, t, line, ref = inputs(cfg["data"]["image_size"])
         assert net(x, t, line, ref).shape == x.shape
-    assert refs == {"A0": "none", "A1": "cross_attention", "A2": "cross_attention", "A3": "cross_attention", "A4": "concat"}
+    assert refs == {
+        "A0": "none",
+        "A1": "cross_attention",
+        "A2": "cross_attention",
+        "A3": "cross_attention",
+        "A4": "concat",
+    }
 
 
 def test_model_info_counts_parameters():

@@ -34,8 +34,16 @@ def study(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     params = (REPO / "params.yaml").read_text().replace("\nprofile: default", "\nprofile: tiny", 1)
     (root / "params.yaml").write_text(params)
     bindir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "PATH": f"{bindir}:{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("DVC_ROOT", None)
     sh(["git", "init", "-q"], root, env)
@@ -43,7 +51,9 @@ def study(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     sh(["git", "add", "-A"], root, env)
     sh(["git", "commit", "-qm", "study"], root, env)
     sh(["linebridge", "data", "fetch"], root, env)
-    assert "changed" not in sh(["dvc", "status", "data.dvc"], root, env)  # fetch recreates data.dvc's bytes and caches them
+    assert "changed" not in sh(
+        ["dvc", "status", "data.dvc"], root, env
+    )  # fetch recreates data.dvc's bytes and caches them
     sh(["dvc", "repro"], root, env)
     return root, env
 
@@ -56,7 +66,11 @@ def test_report_has_every_row_and_column(study):
     tables = report.split("### ")[1:4]
     assert len(tables) == 3
     for table in tables:
-        rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| model")}
+        rows = {
+            line.split("|")[1].strip(): line
+            for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith("| model")
+        }
         assert set(models) <= set(rows), set(models) - set(rows)
         for model in models:
             assert "not run" not in rows[model], rows[model]

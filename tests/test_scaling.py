@@ -54,16 +54,41 @@ def postgres():
     if as_root:
         shutil.chown(folder, "postgres", "postgres")
     data, port = folder / "data", free_port()
-    subprocess.run([*run_as, pg_binary("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"], check=True, capture_output=True)
-    server = subprocess.Popen([*run_as, pg_binary("postgres"), "-D", str(data), "-p", str(port), "-k", str(folder),
-                               "-c", "listen_addresses=127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [*run_as, pg_binary("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
+    server = subprocess.Popen(
+        [
+            *run_as,
+            pg_binary("postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-k",
+            str(folder),
+            "-c",
+            "listen_addresses=127.0.0.1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
     def ready() -> bool:
-        return subprocess.run([pg_binary("pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True).returncode == 0
+        return (
+            subprocess.run(
+                [pg_binary("pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True
+            ).returncode
+            == 0
+        )
 
     try:
         wait_for(ready, 60, "PostgreSQL")
-        subprocess.run([pg_binary("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna"], check=True)
+        subprocess.run(
+            [pg_binary("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna"], check=True
+        )
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
     finally:
         server.terminate()
@@ -74,11 +99,27 @@ def postgres():
 def test_optuna_workers_on_postgresql(in_study, postgres, tmp_path):
     import optuna
 
-    code = cli_main(["tune", "--profile", "tiny", "--storage", postgres, "--workers", "2", "--trials", "4",
-                     "--out", str(tmp_path / "tune"), "--no-mlflow"])
+    code = cli_main(
+        [
+            "tune",
+            "--profile",
+            "tiny",
+            "--storage",
+            postgres,
+            "--workers",
+            "2",
+            "--trials",
+            "4",
+            "--out",
+            str(tmp_path / "tune"),
+            "--no-mlflow",
+        ]
+    )
     assert code == 0
     study = optuna.load_study(study_name="A3-tiny", storage=postgres)
-    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    finished = [
+        t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    ]
     assert len(finished) == 4
     assert len({t.user_attrs.get("pid") for t in study.trials}) == 2, "both workers ran trials"
     assert (tmp_path / "tune").exists()
@@ -91,10 +132,26 @@ def mlflow_server():
     port = free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-                             "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(mlflow),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
     def ready() -> bool:
         try:
@@ -121,5 +178,8 @@ def test_training_logs_through_tracking_server(in_study, mlflow_server, tmp_path
     client = mlflow.MlflowClient(url)
     run = client.get_run((out / "mlflow_run_id").read_text().strip())
     assert run.data.tags["experiment_id"] == "A0" and "val_loss" in run.data.metrics
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == ["samples/epoch_001.png", "samples/epoch_002.png"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == [
+        "samples/epoch_001.png",
+        "samples/epoch_002.png",
+    ]
     assert list((folder / "artifacts").rglob("epoch_002.png")), "the artifact went to the server's store"

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from linebridge import checkpoint
+from linebridge.bbdm.train import train
 from linebridge.cli import main as cli_main
 from linebridge.config import load_config
-from linebridge.train import Paths, TrainingDiverged, train
+from linebridge.runs import Paths, TrainingDiverged
 
 EPOCHS = ["--set", "train.epochs=3"]
 
@@ -37,7 +38,9 @@ def same_state(a, b) -> bool:
 
 
 def run_train(out: Path, *extra: str) -> int:
-    return cli_main(["train", "--experiment", "A3", "--profile", "tiny", "--no-mlflow", "--out", str(out), *EPOCHS, *extra])
+    return cli_main(
+        ["train", "--experiment", "A3", "--profile", "tiny", "--no-mlflow", "--out", str(out), *EPOCHS, *extra]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +69,20 @@ def test_other_seed_differs(in_study, reference_run, tmp_path):
 
 def test_kill9_then_resume_gives_same_weights(in_study, reference_run, tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "linebridge.cli", "train", "--experiment", "A3", "--profile", "tiny", "--no-mlflow", "--out", str(out), *EPOCHS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "linebridge.cli",
+        "train",
+        "--experiment",
+        "A3",
+        "--profile",
+        "tiny",
+        "--no-mlflow",
+        "--out",
+        str(out),
+        *EPOCHS,
+    ]
     proc = subprocess.Popen(cmd, cwd=in_study, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (out / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
@@ -96,7 +112,7 @@ def test_corrupted_checkpoint_is_a_clear_error(in_study, reference_run, tmp_path
 
 def test_checkpoint_loading_refuses_pickled_objects(tmp_path):
     bad = tmp_path / "evil.pt"
-    torch.save({"kind": checkpoint.KIND, "payload": Path("x")}, bad)
+    torch.save({"kind": checkpoint.BBDM_KIND, "payload": Path("x")}, bad)
     with pytest.raises(checkpoint.CheckpointError, match="disallowed|not a linebridge"):
         checkpoint.load(bad)
     other = tmp_path / "other.pt"
@@ -106,7 +122,7 @@ def test_checkpoint_loading_refuses_pickled_objects(tmp_path):
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(in_study, tmp_path, monkeypatch):
-    import linebridge.train as T
+    import linebridge.bbdm.train as T
 
     real = T.diffusion_loss
     calls = {"n": 0}
@@ -156,8 +172,22 @@ def test_torchrun_ddp_matches_single_process(in_study, reference_run, tmp_path):
 
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).parent / "torchrun"
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "linebridge.cli", "train", "--experiment", "A3",
-           "--profile", "tiny", "--no-mlflow", "--out", str(out), *EPOCHS]
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "linebridge.cli",
+        "train",
+        "--experiment",
+        "A3",
+        "--profile",
+        "tiny",
+        "--no-mlflow",
+        "--out",
+        str(out),
+        *EPOCHS,
+    ]
     proc = subprocess.run(cmd, cwd=in_study, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = __import__("json").loads((out / "metrics.json").read_text())

@@ -19,8 +19,8 @@ import torch
 from optuna.trial import TrialState
 
 from linebridge.cli import main as cli_main
-from linebridge.config import load_config
-from linebridge.tune import FINISHED, open_storage, study_summary, tuned_overrides
+from linebridge.config import load_config, tuned_overrides
+from linebridge.tuning.study import FINISHED, open_storage, study_summary
 
 TUNE = ["tune", "--profile", "tiny"]
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny nets gain nothing from 2 threads; a loaded box loses a lot
@@ -76,7 +76,9 @@ def test_trials_are_nested_mlflow_runs(parallel_study):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
-    assert parent.data.metrics["best_value"] == pytest.approx(study_summary(str(parallel_study / "optuna.journal"), STUDY)["best_value"])
+    assert parent.data.metrics["best_value"] == pytest.approx(
+        study_summary(str(parallel_study / "optuna.journal"), STUDY)["best_value"]
+    )
     study = load(parallel_study)
     for trial in finished(study):
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
@@ -92,7 +94,10 @@ def test_summary_figures_and_best_params(parallel_study):
     summary = json.loads((parallel_study / "tune.json").read_text())
     assert summary["counts"]["COMPLETE"] + summary["counts"]["PRUNED"] == 4 and summary["counts"]["FAIL"] == 0
     assert set(summary["best_params"]) == {"loss.lambda_edge", "augment.tps_scale"}
-    assert 0.5 <= summary["best_params"]["loss.lambda_edge"] <= 2.0 and 0.1 <= summary["best_params"]["augment.tps_scale"] <= 0.3
+    assert (
+        0.5 <= summary["best_params"]["loss.lambda_edge"] <= 2.0
+        and 0.1 <= summary["best_params"]["augment.tps_scale"] <= 0.3
+    )
     assert set(summary["importances"]) == set(summary["best_params"]) and summary["importances_note"] is None
     for name in ("tune_history.png", "tune_importances.png"):
         assert (parallel_study / name).read_bytes()[:4] == b"\x89PNG"
@@ -112,8 +117,18 @@ def test_summary_figures_and_best_params(parallel_study):
 
 def test_optuna_cli_reads_the_journal(parallel_study):
     optuna_cli = Path(sys.executable).parent / "optuna"
-    cmd = [str(optuna_cli), "trials", "--storage", str(parallel_study / "optuna.journal"),
-           "--storage-class", "JournalFileBackend", "--study-name", STUDY, "-f", "json"]
+    cmd = [
+        str(optuna_cli),
+        "trials",
+        "--storage",
+        str(parallel_study / "optuna.journal"),
+        "--storage-class",
+        "JournalFileBackend",
+        "--study-name",
+        STUDY,
+        "-f",
+        "json",
+    ]
     rows = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
     assert sorted(r["number"] for r in rows) == [0, 1, 2, 3]
 
@@ -161,7 +176,7 @@ def test_kill9_then_resume_keeps_earlier_trials(in_study, tmp_path):
 
 
 def test_failed_trial_is_recorded_and_the_study_goes_on(in_study, tmp_path, monkeypatch):
-    import linebridge.train as T
+    import linebridge.bbdm.train as T
 
     real = T.diffusion_loss
     calls = {"n": 0}
@@ -179,7 +194,10 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(in_study, tmp_path, monk
     assert cli_main([*TUNE, "--trials", "2", "--storage", storage, "--out", str(tmp_path / "rdb")]) == 0
     study = load(tmp_path, storage)
     assert [t.state for t in study.trials][0] == TrialState.FAIL
-    assert study.trials[0].user_attrs["error"].startswith("TrainingDiverged") and "nan" in study.trials[0].user_attrs["error"]
+    assert (
+        study.trials[0].user_attrs["error"].startswith("TrainingDiverged")
+        and "nan" in study.trials[0].user_attrs["error"]
+    )
     assert len(finished(study)) == 2 and len(study.trials) == 3
     run = mlflow_client(tmp_path / "mlflow.db").get_run(study.trials[0].user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED" and run.data.tags["optuna_state"] == "FAIL"
@@ -200,7 +218,7 @@ def test_one_worker_is_reproducible_and_a_finished_study_reruns_nothing(in_study
 
 
 def test_pruned_trials_count_and_one_complete_trial_gives_an_importances_note(in_study, tmp_path, monkeypatch):
-    import linebridge.tune as tune_module
+    import linebridge.tuning.study as tune_module
 
     calls = {"n": 0}
 
@@ -210,8 +228,22 @@ def test_pruned_trials_count_and_one_complete_trial_gives_an_importances_note(in
 
     monkeypatch.setattr(tune_module.FixedJudge, "__call__", worse_every_epoch)
     out = tmp_path / "pruned"
-    assert cli_main([*TUNE, "--trials", "3", "--set", "tune.pruner_startup_trials=1", "--set", "tune.pruner_first_epoch=1",
-                     "--out", str(out)]) == 0
+    assert (
+        cli_main(
+            [
+                *TUNE,
+                "--trials",
+                "3",
+                "--set",
+                "tune.pruner_startup_trials=1",
+                "--set",
+                "tune.pruner_first_epoch=1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     study = load(out)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
     assert study.trials[1].intermediate_values == {1: 3.0}

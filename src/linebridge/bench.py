@@ -23,7 +23,6 @@ It imports neither kornia, mlflow nor the data stack, so it runs on a bare PyTor
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -34,9 +33,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from linebridge.bbdm.sampling import build_bridge
+from linebridge.bbdm.train import EMA, autocast, diffusion_loss, make_optimizer, train_step
+from linebridge.bbdm.unet import build_model, use_channels_last
 from linebridge.config import Config, load_config, repo_root
-from linebridge.models import build_model
-from linebridge.train import EMA, autocast, build_bridge, diffusion_loss, make_optimizer, reference_for, speed_up, train_step, write_atomic
+from linebridge.data.batches import reference_for
+from linebridge.io import write_json
 
 SAMPLING_STEPS = (200, 50, 20)
 
@@ -46,7 +48,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: torch.device) -> dict[str, list[float]]:
+def interleaved_times(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: torch.device
+) -> dict[str, list[float]]:
     """Seconds of each call; every round times each function once, in turn (drift hits all alike)."""
     for _ in range(warmup):
         for fn in fns.values():
@@ -62,7 +66,9 @@ def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int, warmup: i
     return times
 
 
-def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: torch.device) -> dict[str, float]:
+def interleaved_medians(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: torch.device
+) -> dict[str, float]:
     return {name: statistics.median(ts) for name, ts in interleaved_times(fns, repeats, warmup, device).items()}
 
 
@@ -82,7 +88,10 @@ def synthetic_batch(cfg: Config, batch: int, device: torch.device, seed: int = 0
     """Random tensors with the shapes of a training batch (the bench needs no dataset)."""
     g = torch.Generator().manual_seed(seed)
     s = cfg["data"]["image_size"]
-    out = {"GT": torch.rand(batch, 3, s, s, generator=g) * 2 - 1, "lineart": torch.rand(batch, 1, s, s, generator=g) * 2 - 1}
+    out = {
+        "GT": torch.rand(batch, 3, s, s, generator=g) * 2 - 1,
+        "lineart": torch.rand(batch, 1, s, s, generator=g) * 2 - 1,
+    }
     return {k: v.to(device) for k, v in out.items()}
 
 
@@ -106,14 +115,20 @@ class LoopStep:
     `make_ref(gt)` makes the reference (default: the training one, TPS + jitter).
     """
 
-    def __init__(self, cfg: Config, batch: dict[str, torch.Tensor], variant: str, device: torch.device,
-                 make_ref: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        batch: dict[str, torch.Tensor],
+        variant: str,
+        device: torch.device,
+        make_ref: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         torch.manual_seed(0)
         self.cfg, self.batch, self.variant = cfg, batch, variant
         self.make_ref = make_ref or (lambda gt: reference_for(gt, cfg))
         self.before = variant == "before"
         net = build_model(cfg).to(device)
-        self.net = net if self.before else speed_up(net, cfg)
+        self.net = net if self.before else use_channels_last(net, cfg)
         self.model = torch.compile(self.net) if variant == "+compile" else self.net
         self.bridge = build_bridge(cfg).to(device)
         self.opt = make_optimizer(self.net, cfg, fused=False if self.before else None)
@@ -125,7 +140,17 @@ class LoopStep:
     def __call__(self) -> None:
         gt = self.batch["GT"]
         t = torch.randint(0, self.bridge.num_timesteps, (gt.shape[0],), device=gt.device)
-        loss = train_step(self.model, self.net, self.bridge, self.opt, self.batch, self.make_ref(gt), t, torch.randn_like(gt), self.cfg)
+        loss = train_step(
+            self.model,
+            self.net,
+            self.bridge,
+            self.opt,
+            self.batch,
+            self.make_ref(gt),
+            t,
+            torch.randn_like(gt),
+            self.cfg,
+        )
         if self.before:
             bool(torch.isfinite(loss))  # the per-step NaN check the loop used to make
         self.step += 1
@@ -134,8 +159,15 @@ class LoopStep:
         self.last_loss = loss
 
 
-def train_step_bench(profile: str | None, variants: list[str], repeats: int, warmup: int, device: torch.device,
-                     batch_size: int | None = None, one_at_a_time: bool = False) -> list[dict[str, Any]]:
+def train_step_bench(
+    profile: str | None,
+    variants: list[str],
+    repeats: int,
+    warmup: int,
+    device: torch.device,
+    batch_size: int | None = None,
+    one_at_a_time: bool = False,
+) -> list[dict[str, Any]]:
     """Loop-step timings per variant. `one_at_a_time` builds and times the variants in turn
     instead of interleaved (the paper network, its optimiser and EMA take ~6 GB each)."""
     cfg = load_config("A3", profile)
@@ -143,17 +175,31 @@ def train_step_bench(profile: str | None, variants: list[str], repeats: int, war
     batch = synthetic_batch(cfg, b, device)
     flops = model_flops_per_step(build_model(cfg).to(device), cfg, batch, reference_for(batch["GT"], cfg))
     if one_at_a_time:
-        medians = {v: interleaved_medians({v: LoopStep(cfg, batch, v, device)}, repeats, warmup, device)[v] for v in variants}
+        medians = {
+            v: interleaved_medians({v: LoopStep(cfg, batch, v, device)}, repeats, warmup, device)[v] for v in variants
+        }
     else:
         medians = interleaved_medians({v: LoopStep(cfg, batch, v, device) for v in variants}, repeats, warmup, device)
-    return [{"profile": cfg["profile"], "variant": v, "image_size": cfg["data"]["image_size"], "batch": b,
-             "seconds_per_step": sec, "images_per_s": b / sec, "gflop_per_step": flops / 1e9, "gflop_per_s": flops / sec / 1e9}
-            for v, sec in medians.items()]
+    return [
+        {
+            "profile": cfg["profile"],
+            "variant": v,
+            "image_size": cfg["data"]["image_size"],
+            "batch": b,
+            "seconds_per_step": sec,
+            "images_per_s": b / sec,
+            "gflop_per_step": flops / 1e9,
+            "gflop_per_s": flops / sec / 1e9,
+        }
+        for v, sec in medians.items()
+    ]
 
 
-def sampling_bench(profile: str | None, variants: list[str], repeats: int, batch: int, device: torch.device) -> list[dict[str, Any]]:
+def sampling_bench(
+    profile: str | None, variants: list[str], repeats: int, batch: int, device: torch.device
+) -> list[dict[str, Any]]:
     """Seconds per image of the bridge sampler (inference.colorize) at each of SAMPLING_STEPS."""
-    from linebridge.inference import colorize
+    from linebridge.bbdm.sampling import colorize
 
     cfg = load_config("A3", profile)
     torch.manual_seed(0)
@@ -162,19 +208,26 @@ def sampling_bench(profile: str | None, variants: list[str], repeats: int, batch
     if "after" in variants:
         import copy
 
-        nets["after"] = speed_up(copy.deepcopy(base), cfg)
+        nets["after"] = use_channels_last(copy.deepcopy(base), cfg)
     bridge = build_bridge(cfg).to(device)
     data = synthetic_batch(cfg, batch, device)
     line, ref = data["lineart"], data["GT"]
     rows = []
     for steps in SAMPLING_STEPS:
-        fns = {v: (lambda net=net: colorize(net, bridge, line, ref, steps, batch_size=batch)) for v, net in nets.items()}
+        fns = {
+            v: (lambda net=net: colorize(net, bridge, line, ref, steps, batch_size=batch)) for v, net in nets.items()
+        }
         medians = interleaved_medians(fns, repeats if steps < 200 else max(1, repeats - 1), 1, device)
-        rows += [{"variant": v, "steps": steps, "batch": batch, "seconds_per_image": sec / batch} for v, sec in medians.items()]
+        rows += [
+            {"variant": v, "steps": steps, "batch": batch, "seconds_per_image": sec / batch}
+            for v, sec in medians.items()
+        ]
     return rows
 
 
-def gpu_check(profile: str | None, steps: int, batch_size: int | None, compile_net: bool, device: torch.device) -> dict[str, Any]:
+def gpu_check(
+    profile: str | None, steps: int, batch_size: int | None, compile_net: bool, device: torch.device
+) -> dict[str, Any]:
     """Train the paper config `steps` steps in bf16 on synthetic data: images/s and model FLOPs utilisation.
 
     MFU = model FLOPs per step (forward + backward, flop_counter) / step time / the bf16
@@ -209,41 +262,80 @@ def gpu_check(profile: str | None, steps: int, batch_size: int | None, compile_n
     first, last = float(loop.first_loss), float(loop.last_loss)
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "profile": cfg["profile"], "image_size": cfg["data"]["image_size"], "batch": b,
-        "precision": "bf16 autocast" if device.type == "cuda" else "fp32", "compile": compile_net,
-        "channels_last": cfg["perf"]["channels_last"], "reference": ref_kind,
-        "steps": steps, "timed_steps": steps - warmup, "seconds_per_step": seconds, "images_per_s": b / seconds,
-        "gflop_per_step": flops / 1e9, "matmul_peak": peak_what, "matmul_peak_gflop_per_s": peak,
+        "torch": torch.__version__,
+        "profile": cfg["profile"],
+        "image_size": cfg["data"]["image_size"],
+        "batch": b,
+        "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "compile": compile_net,
+        "channels_last": cfg["perf"]["channels_last"],
+        "reference": ref_kind,
+        "steps": steps,
+        "timed_steps": steps - warmup,
+        "seconds_per_step": seconds,
+        "images_per_s": b / seconds,
+        "gflop_per_step": flops / 1e9,
+        "matmul_peak": peak_what,
+        "matmul_peak_gflop_per_s": peak,
         "model_flops_utilisation": flops / seconds / 1e9 / peak,
-        "loss_first_step": first, "loss_last_step": last,
+        "loss_first_step": first,
+        "loss_last_step": last,
         "max_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="metrics/bench.json", help="JSON output (relative to the repository root)")
-    parser.add_argument("--repeats", type=int, default=10, help="timed repeats per measurement (paper config and sampling: fewer)")
-    parser.add_argument("--skip-paper", action="store_true", help="skip the paper-config training step (tens of seconds per step on a CPU)")
-    parser.add_argument("--compile", action="store_true", help="also time the default-config step under torch.compile (compiles first: ~1.5 min on 2 cores)")
+    parser.add_argument(
+        "--repeats", type=int, default=10, help="timed repeats per measurement (paper config and sampling: fewer)"
+    )
+    parser.add_argument(
+        "--skip-paper",
+        action="store_true",
+        help="skip the paper-config training step (tens of seconds per step on a CPU)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the default-config step under torch.compile (compiles first: ~1.5 min on 2 cores)",
+    )
     parser.add_argument("--sampling-batch", type=int, default=32, help="images per sampler batch")
-    parser.add_argument("--gpu-check", action="store_true",
-                        help="instead: train the paper config in bf16 for --steps steps and report images/s and MFU (needs CUDA unless --device cpu)")
+    parser.add_argument(
+        "--gpu-check",
+        action="store_true",
+        help="instead: train the paper config in bf16 for --steps steps and report images/s and MFU (needs CUDA unless --device cpu)",
+    )
     parser.add_argument("--steps", type=int, default=300, help="--gpu-check: training steps (a fifth are warm-up)")
-    parser.add_argument("--batch", type=int, default=None, help="--gpu-check: batch size (default: the profile's train.batch_size)")
-    parser.add_argument("--profile", default=None, help="params.yaml profile of the main measurements (default: the CPU profile; "
-                        "--gpu-check: paper)")
-    parser.add_argument("--device", default="cuda", help="--gpu-check: torch device (cpu only to try the command on a small profile)")
+    parser.add_argument(
+        "--batch", type=int, default=None, help="--gpu-check: batch size (default: the profile's train.batch_size)"
+    )
+    parser.add_argument(
+        "--profile",
+        default=None,
+        help="params.yaml profile of the main measurements (default: the CPU profile; --gpu-check: paper)",
+    )
+    parser.add_argument(
+        "--device", default="cuda", help="--gpu-check: torch device (cpu only to try the command on a small profile)"
+    )
 
 
 def print_table(result: dict[str, Any]) -> None:
-    print(f"matmul peak ({result['matmul_peak']}): {result['matmul_peak_gflop_per_s']:.1f} GFLOP/s, {result['threads']} threads")
-    print(f"{'profile':<8} {'variant':<9} {'size':>5} {'batch':>5} {'s/step':>8} {'img/s':>7} {'GFLOP/step':>11} {'GFLOP/s':>8} {'of peak':>8}")
+    print(
+        f"matmul peak ({result['matmul_peak']}): {result['matmul_peak_gflop_per_s']:.1f} GFLOP/s, {result['threads']} threads"
+    )
+    print(
+        f"{'profile':<8} {'variant':<9} {'size':>5} {'batch':>5} {'s/step':>8} {'img/s':>7} {'GFLOP/step':>11} {'GFLOP/s':>8} {'of peak':>8}"
+    )
     for r in result["train_step"]:
-        print(f"{r['profile']:<8} {r['variant']:<9} {r['image_size']:>5} {r['batch']:>5} {r['seconds_per_step']:>8.3f} {r['images_per_s']:>7.2f} "
-              f"{r['gflop_per_step']:>11.1f} {r['gflop_per_s']:>8.1f} {r['fraction_of_matmul_peak']:>8.0%}")
+        print(
+            f"{r['profile']:<8} {r['variant']:<9} {r['image_size']:>5} {r['batch']:>5} {r['seconds_per_step']:>8.3f} {r['images_per_s']:>7.2f} "
+            f"{r['gflop_per_step']:>11.1f} {r['gflop_per_s']:>8.1f} {r['fraction_of_matmul_peak']:>8.0%}"
+        )
     print(f"{'sampling':<8} {'variant':<9} {'steps':>5} {'ms/image':>9} {'vs 200 steps':>13}")
     for r in result["sampling"]:
-        print(f"{'':<8} {r['variant']:<9} {r['steps']:>5} {r['seconds_per_image'] * 1000:>9.1f} {r['speedup_vs_200']:>12.1f}×")
+        print(
+            f"{'':<8} {r['variant']:<9} {r['steps']:>5} {r['seconds_per_image'] * 1000:>9.1f} {r['speedup_vs_200']:>12.1f}×"
+        )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -252,8 +344,10 @@ def main(args: argparse.Namespace) -> int:
     if args.gpu_check:
         device = torch.device(args.device)
         if device.type == "cuda" and not torch.cuda.is_available():
-            print("linebridge bench --gpu-check: no CUDA device here. Run it on a GPU machine "
-                  "(benchmarks/gpu_check.sh), or add --device cpu --profile tiny to try the command.")
+            print(
+                "linebridge bench --gpu-check: no CUDA device here. Run it on a GPU machine "
+                "(benchmarks/gpu_check.sh), or add --device cpu --profile tiny to try the command."
+            )
             return 2
         result = gpu_check(args.profile or "paper", args.steps, args.batch, args.compile, device)
     else:
@@ -262,20 +356,30 @@ def main(args: argparse.Namespace) -> int:
         variants = ["before", "after"] + (["+compile"] if args.compile else [])
         train_rows = train_step_bench(args.profile, variants, args.repeats, 3, device)
         if not args.skip_paper:
-            train_rows += train_step_bench("paper", ["before", "after"], max(2, args.repeats // 4), 1, device, batch_size=1,
-                                           one_at_a_time=True)
+            train_rows += train_step_bench(
+                "paper", ["before", "after"], max(2, args.repeats // 4), 1, device, batch_size=1, one_at_a_time=True
+            )
         last_peak = matmul_peak(device)[0]  # measured at both ends of the run; the higher is the ceiling
         peak = max(first_peak, last_peak)
         for row in train_rows:
             row["fraction_of_matmul_peak"] = row["gflop_per_s"] / peak
-        sample_rows = sampling_bench(args.profile, ["before", "after"], max(2, args.repeats // 3), args.sampling_batch, device)
+        sample_rows = sampling_bench(
+            args.profile, ["before", "after"], max(2, args.repeats // 3), args.sampling_batch, device
+        )
         at200 = {r["variant"]: r["seconds_per_image"] for r in sample_rows if r["steps"] == 200}
         for r in sample_rows:
             r["speedup_vs_200"] = at200[r["variant"]] / r["seconds_per_image"]
-        result = {"threads": torch.get_num_threads(), "device": "cpu", "torch": torch.__version__, "matmul_peak": peak_what,
-                  "matmul_peak_gflop_per_s": peak, "matmul_peak_first_last": [first_peak, last_peak],
-                  "train_step": train_rows, "sampling": sample_rows}
-    write_atomic(out, json.dumps(result, indent=2) + "\n")
+        result = {
+            "threads": torch.get_num_threads(),
+            "device": "cpu",
+            "torch": torch.__version__,
+            "matmul_peak": peak_what,
+            "matmul_peak_gflop_per_s": peak,
+            "matmul_peak_first_last": [first_peak, last_peak],
+            "train_step": train_rows,
+            "sampling": sample_rows,
+        }
+    write_json(out, result)
     if args.gpu_check:
         for key, value in result.items():
             print(f"{key:<26} {value:.4g}" if isinstance(value, float) else f"{key:<26} {value}")

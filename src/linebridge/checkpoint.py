@@ -8,7 +8,6 @@ with `torch.load(weights_only=True)`: only tensors and plain containers come bac
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,10 @@ from typing import Any
 import torch
 
 from linebridge.config import UserError
+from linebridge.io import atomic_path
 
-KIND = "linebridge-bbdm"
-GAN_KIND = "linebridge-gan"  # Pix2Pix / SCFT baselines (baselines.py)
+BBDM_KIND = "linebridge-bbdm"
+GAN_KIND = "linebridge-gan"  # Pix2Pix / SCFT baselines (baselines/gan.py)
 
 
 class CheckpointError(UserError):
@@ -26,21 +26,13 @@ class CheckpointError(UserError):
 
 
 def save(state: dict[str, Any], path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
-def load(path: Path, kind: str | None = KIND, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load(path: Path, kind: str | None = BBDM_KIND, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint; a clear CheckpointError when it is missing, truncated or of the wrong kind."""
     path = Path(path)
     if not path.is_file():
@@ -53,8 +45,12 @@ def load(path: Path, kind: str | None = KIND, map_location: str | torch.device =
             "Delete it and train again, or point to another checkpoint."
         ) from None
     except Exception as err:  # weights_only refuses pickled objects with an UnpicklingError
-        raise CheckpointError(f"{path}: not a linebridge checkpoint or holds disallowed objects ({err.__class__.__name__}).") from None
+        raise CheckpointError(
+            f"{path}: not a linebridge checkpoint or holds disallowed objects ({err.__class__.__name__})."
+        ) from None
     if not isinstance(state, dict) or (kind is not None and state.get("kind") != kind):
         found = state.get("kind") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{path}: checkpoint of kind {found!r}, expected {kind!r} (a linebridge training checkpoint).")
+        raise CheckpointError(
+            f"{path}: checkpoint of kind {found!r}, expected {kind!r} (a linebridge training checkpoint)."
+        )
     return state

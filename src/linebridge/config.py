@@ -7,8 +7,10 @@ silently ignored setting.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +136,56 @@ def flatten(cfg: Config, prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, experiment: bool = False, what: str = "") -> None:
+    """The options every configured command shares: --profile and repeatable --set (and --experiment)."""
+    if experiment:
+        parser.add_argument(
+            "--experiment", required=True, help=f"experiment id: A0..A4, pix2pix, scft (experiments/ID.yaml){what}"
+        )
+    parser.add_argument(
+        "--profile", default=None, help="params.yaml profile: the default CPU profile, 'paper' (GPU) or 'tiny' (tests)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param, e.g. --set train.epochs=3 (repeatable)",
+    )
+
+
+# Tuned values apply only where their component is switched on: lambda_edge where the edge
+# loss is on (A2-A4; A0/A1 keep 0, their "off" switch), tps_scale where references are warped.
+TUNED_APPLIES: dict[str, Callable[[Config], bool]] = {
+    "loss.lambda_edge": lambda cfg: cfg["loss"]["lambda_edge"] > 0,
+    "augment.tps_scale": lambda cfg: bool(cfg["augment"]["use_tps"]),
+}
+
+
+def tuned_overrides(path: str | Path, cfg: Config | None = None) -> list[str]:
+    """`--set` strings from the tuning study's best_params.yaml, e.g. ["loss.lambda_edge=1.31"].
+
+    With `cfg` (the experiment's config without them), a value is kept only where its
+    component is on (TUNED_APPLIES). A missing file (no study has run) gives [].
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    flat = flatten(read_yaml(path))
+    return [
+        f"{key}={value}" for key, value in flat.items() if cfg is None or TUNED_APPLIES.get(key, lambda _: True)(cfg)
+    ]
+
+
+def load_tuned_config(
+    experiment: str, profile: str | None, overrides: list[str], tuned: str | Path | None
+) -> tuple[Config, list[str]]:
+    """`load_config` with the tuning study's values applied where they belong; --set still wins."""
+    cfg = load_config(experiment, profile, overrides)
+    if not tuned:
+        return cfg, []
+    applied = tuned_overrides(tuned, cfg)
+    return load_config(experiment, profile, [*applied, *overrides]), applied

@@ -50,11 +50,19 @@ class Dist:
         dist.all_reduce(out)
         return out / self.world
 
+    def broadcast_buffers(self, module: torch.nn.Module) -> None:
+        """Copy rank 0's buffers (BatchNorm running statistics) to every rank."""
+        if self.world > 1:
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=0)
+
     def same_everywhere(self, tensors: list[torch.Tensor]) -> bool:
         """Whether every rank holds bit-identical tensors (compares a float64 checksum)."""
         if self.world == 1:
             return True
-        checksum = torch.stack([t.detach().double().sum() + t.detach().double().abs().sum() * 1e-3 for t in tensors]).sum()
+        checksum = torch.stack(
+            [t.detach().double().sum() + t.detach().double().abs().sum() * 1e-3 for t in tensors]
+        ).sum()
         gathered = [torch.zeros_like(checksum) for _ in range(self.world)]
         dist.all_gather(gathered, checksum)
         return all(torch.equal(g, gathered[0]) for g in gathered)

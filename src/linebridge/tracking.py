@@ -19,18 +19,33 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
 
 
-def git_commit() -> str:
-    """The commit the code ran at (with '-dirty' when the tree has changes), or 'unknown'."""
+def git_commit(root: Path | None = None, short: bool = False) -> str:
+    """The commit the code runs at, or 'unknown'.
+
+    Full form: the sha with '-dirty' when tracked files changed (MLflow tags). Short form:
+    the abbreviated sha alone, for the report, which `dvc repro` writes while the stages'
+    outputs are still uncommitted.
+    """
+    root = root or repo_root()
     try:
-        root = repo_root()
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        if short:
+            return subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
-def start_run(experiment_name: str, run_name: str, cfg: dict[str, Any], tags: dict[str, str], run_id: str | None = None):
+def start_run(
+    experiment_name: str, run_name: str, cfg: dict[str, Any], tags: dict[str, str], run_id: str | None = None
+):
     """Start (or, with run_id, resume) an MLflow run with the resolved config as params."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow

@@ -16,8 +16,9 @@ def _finite_mask(*arrays: np.ndarray) -> np.ndarray:
     return np.logical_and.reduce([~np.isnan(x) for x in arrays])
 
 
-def bootstrap_ci(values: Sequence[float] | np.ndarray, n_boot: int = 2000, seed: int = 0,
-                 level: float = 0.95) -> dict[str, float]:
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict[str, float]:
     """Mean with a percentile-bootstrap CI over images: {mean, low, high, n} (scipy.stats.bootstrap).
 
     Percentile rather than BCa so constant samples (e.g. Edge IoU all 1) give low = high = mean
@@ -28,13 +29,19 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, n_boot: int = 2000, seed:
     if len(x) < 2:
         mean = float(x[0]) if len(x) else float("nan")
         return {"mean": mean, "low": mean, "high": mean, "n": len(x)}
-    ci = stats.bootstrap((x,), np.mean, n_resamples=n_boot, confidence_level=level, method="percentile",
-                         rng=np.random.default_rng(seed)).confidence_interval
+    ci = stats.bootstrap(
+        (x,), np.mean, n_resamples=n_boot, confidence_level=level, method="percentile", rng=np.random.default_rng(seed)
+    ).confidence_interval
     return {"mean": float(x.mean()), "low": float(ci.low), "high": float(ci.high), "n": len(x)}
 
 
-def paired_bootstrap(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, n_boot: int = 2000,
-                     seed: int = 0, level: float = 0.95) -> dict[str, float]:
+def paired_bootstrap(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, float]:
     """Mean of b − a over the same images, its bootstrap CI and a two-sided p-value.
 
     Pairs with a NaN on either side are dropped. The CI is bootstrap_ci of the per-image
@@ -51,8 +58,13 @@ def paired_bootstrap(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.nd
     if len(diff) < 2:
         p_value = float("nan")
     else:
-        test = stats.permutation_test((a[keep], b[keep]), lambda x, y, axis: np.mean(y - x, axis=axis),
-                                      permutation_type="samples", n_resamples=n_boot, vectorized=True,
-                                      rng=np.random.default_rng(seed))
+        test = stats.permutation_test(
+            (a[keep], b[keep]),
+            lambda x, y, axis: np.mean(y - x, axis=axis),
+            permutation_type="samples",
+            n_resamples=n_boot,
+            vectorized=True,
+            rng=np.random.default_rng(seed),
+        )
         p_value = float(test.pvalue)
     return {"mean_diff": ci["mean"], "low": ci["low"], "high": ci["high"], "p_value": p_value, "n": ci["n"]}

@@ -10,21 +10,39 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from linebridge.config import load_config, repo_root
-from linebridge.evaluate import PROTOCOLS
-from linebridge.stats import paired_bootstrap
+from linebridge.data.splits import PROTOCOLS, spread
+from linebridge.evaluation.stats import paired_bootstrap
+from linebridge.io import write_atomic
+from linebridge.tracking import git_commit
 
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "edge_iou": True, "delta_e": False, "delta_e_tone": False,
-                    "swd": False, "fid": False, "kid": False}
-LABELS = {"psnr": "PSNR↑", "ssim": "SSIM↑", "lpips": "LPIPS↓", "edge_iou": "Edge IoU↑", "delta_e": "ΔE00↓",
-          "delta_e_tone": "ΔE00 tone↓", "swd": "SWD↓", "fid": "FID↓", "kid": "KID↓"}
+HIGHER_IS_BETTER = {
+    "psnr": True,
+    "ssim": True,
+    "lpips": False,
+    "edge_iou": True,
+    "delta_e": False,
+    "delta_e_tone": False,
+    "swd": False,
+    "fid": False,
+    "kid": False,
+}
+LABELS = {
+    "psnr": "PSNR↑",
+    "ssim": "SSIM↑",
+    "lpips": "LPIPS↓",
+    "edge_iou": "Edge IoU↑",
+    "delta_e": "ΔE00↓",
+    "delta_e_tone": "ΔE00 tone↓",
+    "swd": "SWD↓",
+    "fid": "FID↓",
+    "kid": "KID↓",
+}
 COLUMNS = {
     "self": ["psnr", "ssim", "lpips", "edge_iou", "delta_e", "swd", "fid", "kid"],
     "cross_gt": ["psnr", "ssim", "lpips", "edge_iou", "delta_e", "delta_e_tone", "swd", "fid", "kid"],
@@ -35,8 +53,12 @@ PROTOCOL_TITLES = {
     "cross_gt": "Cross-reference with ground truth (reference = another test emoji in the same skin tone)",
     "cross_random": "Cross-reference, random (no ground truth: distribution metrics and Edge IoU against the line art's own colour image)",
 }
-CHAIN = [("A0", "A1", "reference cross-attention"), ("A1", "A2", "edge-aware loss"), ("A2", "A3", "TPS augmentation"),
-         ("A3", "A4", "concat instead of cross-attention")]
+CHAIN = [
+    ("A0", "A1", "reference cross-attention"),
+    ("A1", "A2", "edge-aware loss"),
+    ("A2", "A3", "TPS augmentation"),
+    ("A3", "A4", "concat instead of cross-attention"),
+]
 GAIN_METRICS = ["psnr", "ssim", "edge_iou", "delta_e", "delta_e_tone"]
 
 
@@ -66,14 +88,6 @@ def fmt(value: dict[str, Any] | None, metric: str) -> str:
     return f"{value['value']:.{digits + 1}f}"
 
 
-def git_state(root: Path) -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        return sha
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def ablation_tables(root: Path, models: list[str]) -> tuple[list[str], dict[str, str]]:
     """One markdown table per protocol; also collects the reasons of unavailable metrics."""
     lines: list[str] = []
@@ -94,15 +108,24 @@ def ablation_tables(root: Path, models: list[str]) -> tuple[list[str], dict[str,
                 v = res["metrics"].get(c)
                 if v and v.get("unavailable"):
                     reasons[c] = f"{v['reason']} {v.get('how_to_fix', '')}".strip()
-            lines.append(f"| {model} | {res['n_images']} | " + " | ".join(fmt(res["metrics"].get(c), c) for c in cols) + " |")
-        lines += ["", f"Mean [95 % bootstrap interval over test images]; set metrics (SWD, FID, KID) are single values. "
-                      f"Images per model: {', '.join(map(str, sorted(n_values))) or '—'}.", ""]
+            lines.append(
+                f"| {model} | {res['n_images']} | " + " | ".join(fmt(res["metrics"].get(c), c) for c in cols) + " |"
+            )
+        lines += [
+            "",
+            f"Mean [95 % bootstrap interval over test images]; set metrics (SWD, FID, KID) are single values. "
+            f"Images per model: {', '.join(map(str, sorted(n_values))) or '—'}.",
+            "",
+        ]
     return lines, reasons
 
 
 def gains(root: Path) -> list[str]:
     """Paired bootstrap over the same test images for each added module."""
-    lines = ["| change | protocol | metric | mean difference (new − old) [95 % CI] | p | n | significant |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| change | protocol | metric | mean difference (new − old) [95 % CI] | p | n | significant |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for old, new, what in CHAIN:
         for protocol in ("self", "cross_gt"):
             a = read_per_image(root / "metrics" / "eval" / old / f"{protocol}.csv")
@@ -118,13 +141,16 @@ def gains(root: Path) -> list[str]:
                 better = (r["mean_diff"] > 0) == HIGHER_IS_BETTER[metric]
                 sig = "yes" if r["p_value"] < 0.05 else "no"
                 verdict = f"{sig} ({'better' if better else 'worse'})" if sig == "yes" else "no"
-                lines.append(f"| {old}→{new} ({what}) | {protocol} | {LABELS[metric]} | {r['mean_diff']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] "
-                             f"| {r['p_value']:.3g} | {r['n']} | {verdict} |")
+                lines.append(
+                    f"| {old}→{new} ({what}) | {protocol} | {LABELS[metric]} | {r['mean_diff']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] "
+                    f"| {r['p_value']:.3g} | {r['n']} | {verdict} |"
+                )
     return lines
 
 
 def truth_checks(root: Path) -> list[str]:
     """The issue's 'real learning' checks, stated plainly whichever way they come out."""
+
     def mean(model: str, protocol: str, metric: str) -> float | None:
         res = read_json(root / "metrics" / "eval" / model / f"{protocol}.json")
         v = res and res["metrics"].get(metric)
@@ -133,44 +159,64 @@ def truth_checks(root: Path) -> list[str]:
     out = []
     a3, a0 = mean("A3", "cross_gt", "delta_e_tone"), mean("A0", "cross_gt", "delta_e_tone")
     if a3 is not None and a0 is not None:
-        out.append(f"- Cross-reference colour transfer: A3 tone-region ΔE00 {a3:.2f} vs A0 {a0:.2f} → "
-                   f"**{'A3 lower (transfers colour)' if a3 < a0 else 'A3 NOT lower: the reference is not transferring colour'}**.")
+        out.append(
+            f"- Cross-reference colour transfer: A3 tone-region ΔE00 {a3:.2f} vs A0 {a0:.2f} → "
+            f"**{'A3 lower (transfers colour)' if a3 < a0 else 'A3 NOT lower: the reference is not transferring colour'}**."
+        )
     for metric in ("psnr", "ssim"):
         a3v = mean("A3", "self", metric)
         trivial = {m: mean(m, "self", metric) for m in ("copy-lineart", "copy-reference")}
         if a3v is None or None in trivial.values():
             continue
         beats = all(a3v > v for v in trivial.values())
-        out.append(f"- Self-reference {LABELS[metric]}: A3 {a3v:.3f} vs line art {trivial['copy-lineart']:.3f}, "
-                   f"copied reference {trivial['copy-reference']:.3f} → **{'A3 beats both' if beats else 'A3 does NOT beat both trivial outputs'}**.")
+        out.append(
+            f"- Self-reference {LABELS[metric]}: A3 {a3v:.3f} vs line art {trivial['copy-lineart']:.3f}, "
+            f"copied reference {trivial['copy-reference']:.3f} → **{'A3 beats both' if beats else 'A3 does NOT beat both trivial outputs'}**."
+        )
     return out or ["- not available: the evaluations of A0, A3 and the trivial outputs have not run."]
 
 
 def training_table(root: Path, models: list[str]) -> list[str]:
-    lines = ["| model | epochs | steps | best epoch | best val loss | stopped early | train images | wall time |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | epochs | steps | best epoch | best val loss | stopped early | train images | wall time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for m in models:
         s = read_json(root / "metrics" / "train" / f"{m}.json")
         if s is None:
             lines.append(f"| {m} | not run | | | | | | |")
             continue
-        lines.append(f"| {m} | {s['epochs_run']} | {s['steps']} | {s['best_epoch']} | {s['best_val_loss']:.4f} | {s['stopped_early']} "
-                     f"| {s['train_images']} | {s['wall_time_s'] / 60:.1f} min |")
-    return lines + ["", "BBDM rows: validation loss = L_diff + λ_edge·L_edge on the EMA weights (5 fixed timesteps per image), so "
-                        "rows with and without the edge term are not on one scale; GAN rows: validation L1 of the generator."]
+        lines.append(
+            f"| {m} | {s['epochs_run']} | {s['steps']} | {s['best_epoch']} | {s['best_val_loss']:.4f} | {s['stopped_early']} "
+            f"| {s['train_images']} | {s['wall_time_s'] / 60:.1f} min |"
+        )
+    return lines + [
+        "",
+        "BBDM rows: validation loss = L_diff + λ_edge·L_edge on the EMA weights (5 fixed timesteps per image), so "
+        "rows with and without the edge term are not on one scale; GAN rows: validation L1 of the generator.",
+    ]
 
 
 def sweep_table(root: Path) -> list[str]:
     s = read_json(root / "metrics" / "sweep" / "sweep.json")
     if s is None:
         return ["not run."]
-    lines = ["| steps | sampler | s / image | PSNR↑ | SSIM↑ | ΔE00↓ | Edge IoU↑ | n |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| steps | sampler | s / image | PSNR↑ | SSIM↑ | ΔE00↓ | Edge IoU↑ | n |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in s["rows"]:
         m = r["metrics"]
-        lines.append(f"| {r['steps']} | {r['sampler']} | {r['seconds_per_image']:.3f} | {fmt(m['psnr'], 'psnr')} | {fmt(m['ssim'], 'ssim')} "
-                     f"| {fmt(m['delta_e'], 'delta_e')} | {fmt(m['edge_iou'], 'edge_iou')} | {r['n_images']} |")
-    return lines + ["", f"A3 (EMA) on the first {s['rows'][0]['n_images']} self-reference items. 'eta=1' is BBDM's ancestral sampler; "
-                        "'deterministic' is the DDIM-style ODE (σ → 0 inside the square root as well). Seconds are wall time on this machine, "
-                        "which varies with its load."]
+        lines.append(
+            f"| {r['steps']} | {r['sampler']} | {r['seconds_per_image']:.3f} | {fmt(m['psnr'], 'psnr')} | {fmt(m['ssim'], 'ssim')} "
+            f"| {fmt(m['delta_e'], 'delta_e')} | {fmt(m['edge_iou'], 'edge_iou')} | {r['n_images']} |"
+        )
+    return lines + [
+        "",
+        f"A3 (EMA) on the first {s['rows'][0]['n_images']} self-reference items. 'eta=1' is BBDM's ancestral sampler; "
+        "'deterministic' is the DDIM-style ODE (σ → 0 inside the square root as well). Seconds are wall time on this machine, "
+        "which varies with its load.",
+    ]
 
 
 def ema_table(root: Path) -> list[str]:
@@ -182,7 +228,9 @@ def ema_table(root: Path) -> list[str]:
                 lines.append(f"| {label} | {protocol} | not run | | | |")
                 continue
             m = res["metrics"]
-            lines.append(f"| {label} | {protocol} | {fmt(m['psnr'], 'psnr')} | {fmt(m['ssim'], 'ssim')} | {fmt(m['delta_e'], 'delta_e')} | {fmt(m['edge_iou'], 'edge_iou')} |")
+            lines.append(
+                f"| {label} | {protocol} | {fmt(m['psnr'], 'psnr')} | {fmt(m['ssim'], 'ssim')} | {fmt(m['delta_e'], 'delta_e')} | {fmt(m['edge_iou'], 'edge_iou')} |"
+            )
     return lines
 
 
@@ -190,8 +238,11 @@ def tune_section(root: Path) -> list[str]:
     s = read_json(root / "metrics" / "tune.json")
     if s is None:
         return ["The Optuna study has not run in this pipeline (`linebridge tune`)."]
-    lines = [f"- best validation loss {s['best_value']:.4f} at " + ", ".join(f"`{k}` = {v:.3g}" for k, v in s["best_params"].items()),
-             "- trials: " + ", ".join(f"{k} {v}" for k, v in s["counts"].items())]
+    lines = [
+        f"- best validation loss {s['best_value']:.4f} at "
+        + ", ".join(f"`{k}` = {v:.3g}" for k, v in s["best_params"].items()),
+        "- trials: " + ", ".join(f"{k} {v}" for k, v in s["counts"].items()),
+    ]
     if s.get("importances"):
         lines.append("- importances: " + ", ".join(f"`{k}` {v:.2f}" for k, v in s["importances"].items()))
     for fig in ("tune_history.png", "tune_importances.png"):
@@ -213,7 +264,7 @@ def figures(root: Path, models: list[str], prepared: Path) -> None:
     plt.rcParams["svg.hashsalt"] = "linebridge"
 
     # sample grid: rows = items (spread over the evaluated set, as evaluate saved them), columns = line art | reference | models | GT
-    from linebridge.evaluate import GRID_ITEMS, spread
+    from linebridge.evaluation.evaluate import GRID_ITEMS
 
     panels = []
     for protocol in ("self", "cross_gt"):
@@ -221,8 +272,12 @@ def figures(root: Path, models: list[str], prepared: Path) -> None:
         evaluated = [read_json(root / "metrics" / "eval" / m / f"{protocol}.json") for m in models]
         count = next((e["n_images"] for e in evaluated if e), len(rows))
         rows = [rows[i] for i in spread(count, GRID_ITEMS)]
-        cols = {"line art": [Image.open(prepared / "line" / f"{r['id']}.png").convert("RGB") for r in rows],
-                "reference": [Image.open(prepared / "protocols" / protocol / "ref" / f"{r['id']}.png").convert("RGB") for r in rows]}
+        cols = {
+            "line art": [Image.open(prepared / "line" / f"{r['id']}.png").convert("RGB") for r in rows],
+            "reference": [
+                Image.open(prepared / "protocols" / protocol / "ref" / f"{r['id']}.png").convert("RGB") for r in rows
+            ],
+        }
         for m in models:
             strip = root / "metrics" / "eval" / m / f"{protocol}.outputs.png"
             if strip.exists():
@@ -258,7 +313,13 @@ def figures(root: Path, models: list[str], prepared: Path) -> None:
         if path.exists():
             rows = list(csv.DictReader(path.open()))
             ax.plot([int(r["epoch"]) for r in rows], [float(r["val_loss"]) for r in rows], marker="o", ms=3, label=m)
-    ax.set_xlabel("epoch"), ax.set_ylabel("validation loss"), ax.set_yscale("log"), ax.legend(fontsize=8), ax.grid(alpha=0.3)
+    (
+        ax.set_xlabel("epoch"),
+        ax.set_ylabel("validation loss"),
+        ax.set_yscale("log"),
+        ax.legend(fontsize=8),
+        ax.grid(alpha=0.3),
+    )
     ax.set_title("Validation loss per epoch (BBDM: EMA weights; GANs: L1)")
     fig.tight_layout()
     fig.savefig(fig_dir / "loss_curves.png", dpi=100, metadata={"Software": None})
@@ -298,14 +359,15 @@ def build_report(root: Path) -> str:
         "# linebridge — ablation report",
         "",
         "Written by the `report` stage of `dvc repro` (`make repro`) from files the other stages wrote; "
-        f"code at commit `{git_state(root)}` (the commit before the one that records these results), profile `{cfg['profile']}` "
+        f"code at commit `{git_commit(root, short=True)}` (the commit before the one that records these results), profile `{cfg['profile']}` "
         f"(CPU: {cfg['data']['image_size']}² images, U-Net {cfg['model']['model_channels']} channels × {cfg['model']['channel_mult']}, "
         f"batch {cfg['train']['batch_size']}, {cfg['train']['epochs']} epochs max). Configuration: `params.yaml` + `experiments/ID.yaml`; "
         "the resolved configuration of every run is logged in MLflow (`mlflow ui --backend-store-uri sqlite:///mlflow.db`).",
         "",
         f"**Data**: OpenMoji line art / colour pairs at {info.get('image_size', '?')}², split by base emoji: "
         + ", ".join(f"{k} {v['images']} images / {v['groups']} groups" for k, v in sorted(splits.items()))
-        + ". Test protocols: " + ", ".join(f"{k} {v}" for k, v in sorted(info.get("protocols", {}).items()))
+        + ". Test protocols: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(info.get("protocols", {}).items()))
         + f" items; evaluated on the first {cfg['eval']['max_images'] or 'all'} of each. "
         f"**Seeds**: one training seed ({cfg['seed']}) per model; sampling seed {cfg['seed']}. Intervals are over test images only, "
         "not over training seeds, so they understate run-to-run variation.",
@@ -325,7 +387,7 @@ def build_report(root: Path) -> str:
     ]
     if reasons:
         lines += ["¹ Unavailable metrics:", ""] + [f"- {LABELS[k]}: {v}" for k, v in sorted(reasons.items())] + [""]
-    from linebridge.metrics import EDGE_IOU_DEFINITION
+    from linebridge.evaluation.metrics import EDGE_IOU_DEFINITION
 
     lines += [
         f"**Edge IoU**: {EDGE_IOU_DEFINITION}",
@@ -394,9 +456,6 @@ def main(args: argparse.Namespace) -> int:
     root = repo_root()
     text = build_report(root)
     out = root / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    write_atomic(out, text)
     print(f"wrote {out}")
     return 0

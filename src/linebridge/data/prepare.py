@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import json
 import shutil
@@ -36,7 +35,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from linebridge.config import Config, ConfigError, UserError, load_config, repo_root
-from linebridge.openmoji import (
+from linebridge.data.openmoji import (
     SKIN_TONES,
     group_key,
     hair_variant,
@@ -47,9 +46,9 @@ from linebridge.openmoji import (
     staging_dir,
     strip_skin_tones,
 )
+from linebridge.data.splits import PROTOCOLS, SPLITS, key_fraction, parse_fractions, split_of, spread
+from linebridge.io import write_atomic
 
-SPLITS = ("train", "val", "test")
-PROTOCOLS = ("self", "cross_gt", "cross_random")
 CONTACT_SHEET = Path("reports/figures/data_contact_sheet.png")
 WARP_CHUNK = 64  # images per TPS call; fixed, because the draws depend on it
 MIN_TEST_GROUPS = 4  # with limit_groups: two groups with skin tones, so cross_gt has pairs
@@ -70,19 +69,6 @@ class Emoji:
 
 
 # ---------------------------------------------------------------- splits
-
-
-def key_fraction(key: str) -> float:
-    """A stable number in [0, 1) from sha256 of `key` (Python's hash() is salted per process)."""
-    return int(hashlib.sha256(key.encode()).hexdigest()[:16], 16) / 16**16
-
-
-def split_of(key: str, fractions: tuple[float, float, float]) -> str:
-    """train / val / test for the group `key`, by where its hash falls in `fractions`."""
-    u, total = key_fraction(key), sum(fractions)
-    if u < fractions[0] / total:
-        return "train"
-    return "val" if u < (fractions[0] + fractions[1]) / total else "test"
 
 
 def select_groups(
@@ -120,30 +106,13 @@ def catalogue(raw_dir: Path, cfg: Config) -> list[Emoji]:
     """Every emoji to prepare (after `limit_groups`), sorted by id."""
     ids = sorted(p.stem for p in raw_dir.glob("*.svg"))
     if not ids:
-        raise UserError(
-            f"{raw_dir}: no OpenMoji SVGs. Run `linebridge data fetch` (or `dvc pull data.dvc`) first"
-        )
+        raise UserError(f"{raw_dir}: no OpenMoji SVGs. Run `linebridge data fetch` (or `dvc pull data.dvc`) first")
     fractions = parse_fractions(cfg["data"]["split_fractions"])
     groups = {i: group_key(i) for i in ids}
     splits = {g: split_of(g, fractions) for g in set(groups.values())}
     toned = {groups[i] for i in ids if skin_tone(i) in SKIN_TONES}
     keep = select_groups(splits, toned, int(cfg["data"]["limit_groups"]), fractions)
-    return [
-        Emoji(i, groups[i], splits[groups[i]], skin_tone(i), hair_variant(i)) for i in ids if groups[i] in keep
-    ]
-
-
-def parse_fractions(value: object) -> tuple[float, float, float]:
-    """data.split_fractions as three floats (train, val, test), or a ConfigError."""
-    try:
-        fractions = tuple(float(f) for f in value)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        fractions = ()
-    if len(fractions) != 3 or min(fractions) < 0 or fractions[0] <= 0 or fractions[2] <= 0:
-        raise ConfigError(
-            f"data.split_fractions={value!r}: give three numbers [train, val, test], train and test > 0"
-        )
-    return fractions  # type: ignore[return-value]
+    return [Emoji(i, groups[i], splits[groups[i]], skin_tone(i), hair_variant(i)) for i in ids if groups[i] in keep]
 
 
 # ---------------------------------------------------------------- protocols
@@ -193,7 +162,7 @@ def warp_all(images: list[np.ndarray], tps_scale: float, seed: int) -> list[np.n
     """TPS-warp uint8 RGB images with a private, seeded torch RNG (global state untouched)."""
     import torch
 
-    from linebridge.augment import warp
+    from linebridge.data.augment import warp
 
     out: list[np.ndarray] = []
     with torch.random.fork_rng(devices=[]):
@@ -330,15 +299,22 @@ def _contact_sheet(path: Path, prepared: Path, test: list[Emoji], protocols: dic
 
     in_cross = [r["id"] for r in protocols["cross_gt"]]
     others = [e.id for e in test if e.id not in set(in_cross)]
-    ids = _spread(in_cross, 8) + _spread(others, 16 - min(8, len(in_cross)))
+    ids = [in_cross[i] for i in spread(len(in_cross), 8)] + [
+        others[i] for i in spread(len(others), 16 - min(8, len(in_cross)))
+    ]
     columns = {
         "line art": "line/{}.png",
         "colour (GT)": "colour/{}.png",
         **{f"{p} ref": f"protocols/{p}/ref/{{}}.png" for p in PROTOCOLS},
         "cross_gt mask": "protocols/cross_gt/mask/{}.png",
     }
-    fig, axes = plt.subplots(len(ids), len(columns), figsize=(1.2 * len(columns) + 1.2, 1.25 * len(ids)),
-                             squeeze=False, gridspec_kw={"wspace": 0.05, "hspace": 0.08})
+    fig, axes = plt.subplots(
+        len(ids),
+        len(columns),
+        figsize=(1.2 * len(columns) + 1.2, 1.25 * len(ids)),
+        squeeze=False,
+        gridspec_kw={"wspace": 0.05, "hspace": 0.08},
+    )
     blank = Image.new("RGB", Image.open(prepared / "colour" / f"{ids[0]}.png").size, "white")
     for r, item in enumerate(ids):
         for c, (title, pattern) in enumerate(columns.items()):
@@ -357,17 +333,7 @@ def _contact_sheet(path: Path, prepared: Path, test: list[Emoji], protocols: dic
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(path)
-
-
-def _spread(items: list[str], n: int) -> list[str]:
-    """Up to `n` items evenly spaced through `items` (deterministic)."""
-    if len(items) <= n:
-        return list(items)
-    return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)] if n > 1 else items[:n]
+    write_atomic(path, buffer.getvalue())
 
 
 # ---------------------------------------------------------------- CLI
@@ -375,10 +341,20 @@ def _spread(items: list[str], n: int) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default=None, help="a profile of params.yaml (e.g. tiny)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one parameter, e.g. --set data.image_size=64 (repeatable)")
-    parser.add_argument("--contact-sheet", type=Path, default=CONTACT_SHEET,
-                        help="where to write the contact sheet PNG (relative to the repo root)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one parameter, e.g. --set data.image_size=64 (repeatable)",
+    )
+    parser.add_argument(
+        "--contact-sheet",
+        type=Path,
+        default=CONTACT_SHEET,
+        help="where to write the contact sheet PNG (relative to the repo root)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:

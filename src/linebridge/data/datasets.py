@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
 from linebridge.config import Config, ConfigError, UserError, repo_root
-from linebridge.prepare import PROTOCOLS, SPLITS, key_fraction, parse_fractions, split_of
+from linebridge.data.splits import PROTOCOLS, SPLITS, key_fraction, parse_fractions, split_of
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 EXTRACTORS = ("xdog", "find_edges")
@@ -103,7 +103,8 @@ def image_files(root: Path) -> list[Path]:
     if not root.is_dir():
         raise UserError(f"{root}: no such folder; set data.folder_root to a folder of images")
     files = sorted(
-        p for p in root.rglob("*")
+        p
+        for p in root.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
@@ -135,6 +136,7 @@ def xdog(gray: Tensor, sigma: float, k: float = 4.5, p: float = 19.0, eps: float
     With φ = 1e9 the soft threshold is a hard one: binary black lines on white; flat
     areas darker than ε also turn black, like inked fills.
     """
+
     def blur(s: float) -> Tensor:
         size = 2 * int(np.ceil(3 * s)) + 1
         return kornia.filters.gaussian_blur2d(gray, (size, size), (s, s), border_type="replicate")
@@ -325,8 +327,10 @@ class PairFolder(Dataset):
             if unmatched:
                 shown = ", ".join(f"{s} (only in {'colour' if s in colour else 'sketch'}/)" for s in unmatched[:20])
                 more = f" and {len(unmatched) - 20} more" if len(unmatched) > 20 else ""
-                raise UserError(f"{self.root}: {len(unmatched)} unmatched pair names: {shown}{more}; "
-                                "every colour/X needs a sketch/X (any image suffix)")
+                raise UserError(
+                    f"{self.root}: {len(unmatched)} unmatched pair names: {shown}{more}; "
+                    "every colour/X needs a sketch/X (any image suffix)"
+                )
             names = sorted(colour)
             pairs = [(colour[n], sketch[n]) for n in names]
         else:
@@ -342,21 +346,27 @@ class PairFolder(Dataset):
     @staticmethod
     def _stems(folder: Path) -> dict[str, Path]:
         if not folder.is_dir():
-            raise UserError(f"{folder}: missing; layout 'separate' needs colour/ and sketch/ subfolders "
-                            "(or set data.pair_layout: side_by_side)")
+            raise UserError(
+                f"{folder}: missing; layout 'separate' needs colour/ and sketch/ subfolders "
+                "(or set data.pair_layout: side_by_side)"
+            )
         return {p.relative_to(folder).with_suffix("").as_posix(): p for p in image_files(folder)}
 
     def _check(self, colour_path: Path, sketch_path: Path) -> None:
         if self.layout == "side_by_side":
             w, h = probe(colour_path, 1)
             if min(w // 2, h) < self.image_size:
-                raise UserError(f"{colour_path}: each half is {w // 2}×{h}, smaller than data.image_size="
-                                f"{self.image_size}; remove it or lower data.image_size")
+                raise UserError(
+                    f"{colour_path}: each half is {w // 2}×{h}, smaller than data.image_size="
+                    f"{self.image_size}; remove it or lower data.image_size"
+                )
             return
         size_c, size_s = probe(colour_path, self.image_size), probe(sketch_path, self.image_size)
         if size_c != size_s:
-            raise UserError(f"{colour_path} is {size_c[0]}×{size_c[1]} but {sketch_path} is {size_s[0]}×{size_s[1]}; "
-                            "aligned pairs must have the same size")
+            raise UserError(
+                f"{colour_path} is {size_c[0]}×{size_c[1]} but {sketch_path} is {size_s[0]}×{size_s[1]}; "
+                "aligned pairs must have the same size"
+            )
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -399,8 +409,10 @@ def build_dataset(cfg: Config, split: str) -> Dataset:
         prepared = repo_root() / data["prepared_dir"]
         info = prepared_info(prepared)
         if info["image_size"] != size:
-            raise UserError(f"{prepared} was prepared at {info['image_size']} px but data.image_size={size}; "
-                            f"{PREPARE_HINT.replace('first', 'again')} with this size")
+            raise UserError(
+                f"{prepared} was prepared at {info['image_size']} px but data.image_size={size}; "
+                f"{PREPARE_HINT.replace('first', 'again')} with this size"
+            )
         return PreparedOpenMoji(prepared, split)
     if kind not in ("folder", "pairs"):
         raise ConfigError(f"data.dataset={kind!r}: use openmoji, folder or pairs")

@@ -47,7 +47,10 @@ class ResBlock(nn.Module):
         self.in_layers = nn.Sequential(group_norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
         self.time = nn.Sequential(nn.SiLU(), nn.Linear(time_dim, out_channels))
         self.out_layers = nn.Sequential(
-            group_norm(out_channels), nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+            group_norm(out_channels),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
         )
         self.skip = nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
 
@@ -164,9 +167,7 @@ class DualStreamUNet(nn.Module):
         spatial_ctx = cross_dim if use_spatial_transformer else None
         time_dim = 4 * model_channels
         self.model_channels = model_channels
-        self.time_embed = nn.Sequential(
-            nn.Linear(model_channels, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim)
-        )
+        self.time_embed = nn.Sequential(nn.Linear(model_channels, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
         self.ref_encoder = ReferenceEncoder(context_dim) if cross_dim else None
 
         def attn(ch: int, size: int) -> nn.Module | None:
@@ -177,29 +178,43 @@ class DualStreamUNet(nn.Module):
         skips, ch, size = [model_channels], model_channels, image_size
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
-                self.down.append(nn.ModuleList([ResBlock(ch, mult * model_channels, time_dim, dropout), attn(mult * model_channels, size)]))
+                self.down.append(
+                    nn.ModuleList(
+                        [ResBlock(ch, mult * model_channels, time_dim, dropout), attn(mult * model_channels, size)]
+                    )
+                )
                 ch = mult * model_channels
                 skips.append(ch)
             if level < len(channel_mult) - 1:
                 self.down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
                 skips.append(ch)
                 size //= 2
-        self.mid = nn.ModuleList([
-            ResBlock(ch, ch, time_dim, dropout),
-            SpatialAttention(ch, heads, dim_head, spatial_ctx),
-            ResBlock(ch, ch, time_dim, dropout),
-        ])
+        self.mid = nn.ModuleList(
+            [
+                ResBlock(ch, ch, time_dim, dropout),
+                SpatialAttention(ch, heads, dim_head, spatial_ctx),
+                ResBlock(ch, ch, time_dim, dropout),
+            ]
+        )
         self.mid_cross = ColourCrossAttention(ch, context_dim, heads, dim_head) if cross_dim else None
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for i in range(num_res_blocks + 1):
                 out = mult * model_channels
                 upsample = level > 0 and i == num_res_blocks
-                self.up.append(nn.ModuleList([
-                    ResBlock(ch + skips.pop(), out, time_dim, dropout),
-                    attn(out, size),
-                    nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(out, out, 3, padding=1)) if upsample else None,
-                ]))
+                self.up.append(
+                    nn.ModuleList(
+                        [
+                            ResBlock(ch + skips.pop(), out, time_dim, dropout),
+                            attn(out, size),
+                            nn.Sequential(
+                                nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(out, out, 3, padding=1)
+                            )
+                            if upsample
+                            else None,
+                        ]
+                    )
+                )
                 ch = out
                 if upsample:
                     size *= 2
@@ -213,7 +228,9 @@ class DualStreamUNet(nn.Module):
             raise ValueError("this model colours from a reference: pass ref=[B, 3, H, W]")
         return self.ref_encoder(ref).flatten(2).transpose(1, 2)
 
-    def forward(self, x_t: Tensor, t: Tensor, lineart: Tensor, ref: Tensor | None = None, context: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x_t: Tensor, t: Tensor, lineart: Tensor, ref: Tensor | None = None, context: Tensor | None = None
+    ) -> Tensor:
         """`context` lets a sampler encode the reference once and reuse it at every step."""
         parts = [x_t, lineart]
         if self.reference == "concat":
@@ -303,7 +320,14 @@ def model_info(cfg: dict[str, Any]) -> dict[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", required=True, help="experiment id: A0..A4 (experiments/ID.yaml)")
     parser.add_argument("--profile", default=None, help="params.yaml profile, e.g. 'paper' (default: the CPU profile)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a param, e.g. model.model_channels=64")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param, e.g. model.model_channels=64",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -312,6 +336,18 @@ def main(args: argparse.Namespace) -> int:
     info = model_info(load_config(args.experiment, args.profile, args.overrides))
     width = max(map(len, info))
     for key, value in info.items():
-        shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else (f"{value:.3f}" if isinstance(value, float) else value)
+        shown = (
+            f"{value:,}"
+            if isinstance(value, int) and not isinstance(value, bool)
+            else (f"{value:.3f}" if isinstance(value, float) else value)
+        )
         print(f"{key:<{width}}  {shown}")
     return 0
+
+
+def use_channels_last(net: nn.Module, cfg: dict[str, Any]) -> nn.Module:
+    """`perf.channels_last`: NHWC weights (activations follow); same maths, faster convolutions.
+
+    Checkpoints written before `perf` existed load in the contiguous layout.
+    """
+    return net.to(memory_format=torch.channels_last) if cfg.get("perf", {}).get("channels_last") else net

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from linebridge import metrics as M
 from linebridge.config import load_config, repo_root
-from linebridge.data import ProtocolDataset
-from linebridge.stats import bootstrap_ci
+from linebridge.data.datasets import ProtocolDataset
+from linebridge.data.splits import PROTOCOLS, spread
+from linebridge.evaluation import metrics as M
+from linebridge.evaluation.stats import bootstrap_ci
+from linebridge.io import write_json
 
-PROTOCOLS = ("self", "cross_gt", "cross_random")
 TRIVIAL = ("copy-lineart", "copy-reference")
 GRID_ITEMS = 8
 PSNR_CAP = 60.0  # dB: an output identical to its ground truth (e.g. copy-lineart on a black symbol) would be +inf
@@ -41,8 +41,10 @@ def load_protocol(prepared_dir: Path, protocol: str, limit: int = 0) -> dict[str
     ds = ProtocolDataset(prepared_dir, protocol)
     n = len(ds) if not limit else min(limit, len(ds))
     items = [ds[i] for i in range(n)]
-    return {key: torch.stack(values) if isinstance(values[0], Tensor) else values
-            for key, values in ((k, [it[k] for it in items]) for k in items[0])}
+    return {
+        key: torch.stack(values) if isinstance(values[0], Tensor) else values
+        for key, values in ((k, [it[k] for it in items]) for k in items[0])
+    }
 
 
 def per_image_metrics(fake: Tensor, data: dict[str, Any], protocol: str) -> dict[str, Any]:
@@ -88,17 +90,14 @@ def write_csv(path: Path, ids: list[str], per_image: dict[str, Any]) -> None:
     path.write_text(buf.getvalue())
 
 
-def spread(count: int, n: int) -> list[int]:
-    """n item indices spread evenly over `count` evaluated items (the first ones are often one group: flags)."""
-    return torch.linspace(0, count - 1, min(n, count)).round().long().tolist()
-
-
 def save_grid(path: Path, data: dict[str, Any], fake: Tensor, n: int = 16) -> None:
     """line art | reference | output | ground truth, one row per item, items spread over the set."""
     from torchvision.utils import save_image
 
     k = spread(fake.shape[0], n)
-    rows = torch.stack([data["lineart"][k].expand(-1, 3, -1, -1), data["ref"][k], fake[k], data["GT"][k]], 1).flatten(0, 1)
+    rows = torch.stack([data["lineart"][k].expand(-1, 3, -1, -1), data["ref"][k], fake[k], data["GT"][k]], 1).flatten(
+        0, 1
+    )
     save_image((rows + 1) / 2, path, nrow=4, padding=1)
 
 
@@ -110,12 +109,20 @@ def generate(name: str, data: dict[str, Any], colorizer, seed: int) -> Tensor:
     return colorizer(data["lineart"], data["ref"], seed)
 
 
-def evaluate(name: str, checkpoint: Path | None, cfg: dict[str, Any], out_dir: Path, weights: str = "ema",
-             steps: int | None = None, eta: float | None = None, deterministic: bool = False,
-             protocols: tuple[str, ...] = PROTOCOLS) -> dict[str, Any]:
+def evaluate(
+    name: str,
+    checkpoint: Path | None,
+    cfg: dict[str, Any],
+    out_dir: Path,
+    weights: str = "ema",
+    steps: int | None = None,
+    eta: float | None = None,
+    deterministic: bool = False,
+    protocols: tuple[str, ...] = PROTOCOLS,
+) -> dict[str, Any]:
     """Sample and score each protocol; writes PROTOCOL.json/.csv/.png into out_dir."""
+    from linebridge.evaluation.metrics import EDGE_IOU_DEFINITION
     from linebridge.inference import load_colorizer
-    from linebridge.metrics import EDGE_IOU_DEFINITION
 
     ec, bc = cfg["eval"], cfg["bridge"]
     steps = steps or ec["sample_step"]
@@ -135,10 +142,14 @@ def evaluate(name: str, checkpoint: Path | None, cfg: dict[str, Any], out_dir: P
         per_image = per_image_metrics(fake, data, protocol)
         result = {
             "model": name,
-            "checkpoint": str(checkpoint.relative_to(repo_root())) if checkpoint and checkpoint.is_relative_to(repo_root()) else (str(checkpoint) if checkpoint else None),
+            "checkpoint": str(checkpoint.relative_to(repo_root()))
+            if checkpoint and checkpoint.is_relative_to(repo_root())
+            else (str(checkpoint) if checkpoint else None),
             "weights": weights if colorizer is not None and steps else None,  # GANs keep no EMA
             "protocol": protocol,
-            "sampler": None if not steps or colorizer is None else {"steps": steps, "eta": eta, "deterministic": deterministic, "seed": cfg["seed"]},
+            "sampler": None
+            if not steps or colorizer is None
+            else {"steps": steps, "eta": eta, "deterministic": deterministic, "seed": cfg["seed"]},
             "n_images": len(data["id"]),
             "metrics": summarise(per_image, set_metrics(fake, data["GT"]), cfg["seed"]),
             "edge_iou_definition": EDGE_IOU_DEFINITION,
@@ -161,10 +172,6 @@ def save_outputs(path: Path, fake: Tensor, n: int = GRID_ITEMS) -> None:
     save_image((fake[k] + 1) / 2, path, nrow=len(k), padding=0)
 
 
-def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n")
-
-
 def sweep(checkpoint: Path, cfg: dict[str, Any], out_path: Path) -> list[dict[str, Any]]:
     """Quality and seconds per image for each step count in eval.sweep_steps, η = 1 and deterministic.
 
@@ -183,32 +190,46 @@ def sweep(checkpoint: Path, cfg: dict[str, Any], out_path: Path) -> list[dict[st
             fake = fn(data["lineart"], data["ref"], cfg["seed"])
             seconds = (time.perf_counter() - t0) / len(data["id"])
             per_image = per_image_metrics(fake, data, "self")
-            rows.append({
-                "steps": steps,
-                "sampler": "deterministic (ODE)" if deterministic else "eta=1 (ancestral)",
-                "seconds_per_image": seconds,
-                "n_images": len(data["id"]),
-                "metrics": summarise({k: v for k, v in per_image.items() if not isinstance(v, dict)}, {}, cfg["seed"]),
-            })
-            print(f"{steps:>4} steps {rows[-1]['sampler']:<20} {seconds * 1000:8.1f} ms/image  "
-                  f"PSNR {rows[-1]['metrics']['psnr']['mean']:.2f}  ΔE {rows[-1]['metrics']['delta_e']['mean']:.2f}", flush=True)
+            rows.append(
+                {
+                    "steps": steps,
+                    "sampler": "deterministic (ODE)" if deterministic else "eta=1 (ancestral)",
+                    "seconds_per_image": seconds,
+                    "n_images": len(data["id"]),
+                    "metrics": summarise(
+                        {k: v for k, v in per_image.items() if not isinstance(v, dict)}, {}, cfg["seed"]
+                    ),
+                }
+            )
+            print(
+                f"{steps:>4} steps {rows[-1]['sampler']:<20} {seconds * 1000:8.1f} ms/image  "
+                f"PSNR {rows[-1]['metrics']['psnr']['mean']:.2f}  ΔE {rows[-1]['metrics']['delta_e']['mean']:.2f}",
+                flush=True,
+            )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_json(out_path, {"checkpoint": str(checkpoint), "protocol": "self", "rows": rows})
     return rows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--experiment", required=True, help=f"experiment id (A0..A4) or a trivial model: {', '.join(TRIVIAL)}")
+    parser.add_argument(
+        "--experiment", required=True, help=f"experiment id (A0..A4) or a trivial model: {', '.join(TRIVIAL)}"
+    )
     parser.add_argument("--profile", default=None, help="params.yaml profile")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a param")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a param"
+    )
     parser.add_argument("--checkpoint", default=None, help="checkpoint (default outputs/train/ID/best.pt)")
     parser.add_argument("--weights", choices=["ema", "raw"], default="ema", help="EMA (default) or raw weights")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default eval.sample_step)")
     parser.add_argument("--eta", type=float, default=None, help="BBDM eta (scales the sampler noise)")
     parser.add_argument("--deterministic", action="store_true", help="DDIM-style deterministic sampler")
     parser.add_argument("--out", default=None, help="output folder (default metrics/eval/NAME)")
-    parser.add_argument("--sweep", action="store_true",
-                        help="instead: the sampling-steps sweep (eval.sweep_steps × {eta=1, deterministic}) → OUT/sweep.json")
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="instead: the sampling-steps sweep (eval.sweep_steps × {eta=1, deterministic}) → OUT/sweep.json",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -222,6 +243,9 @@ def main(args: argparse.Namespace) -> int:
         return 0
     results = evaluate(name, ckpt, cfg, out, args.weights, args.steps, args.eta, args.deterministic)
     for protocol, res in results.items():
-        shown = {k: (f"{v['mean']:.4f}" if "mean" in v else ("n/a" if v.get("unavailable") else f"{v['value']:.4f}")) for k, v in res["metrics"].items()}
+        shown = {
+            k: (f"{v['mean']:.4f}" if "mean" in v else ("n/a" if v.get("unavailable") else f"{v['value']:.4f}"))
+            for k, v in res["metrics"].items()
+        }
         print(protocol, res["n_images"], shown)
     return 0

@@ -30,9 +30,7 @@ def warp(gt: Tensor, tps_scale: float) -> Tensor:
     return _from01(tps(_to01(gt)))
 
 
-def make_reference(
-    gt: Tensor, use_tps: bool, tps_scale: float, jitter: Mapping[str, float] | None = None
-) -> Tensor:
+def make_reference(gt: Tensor, use_tps: bool, tps_scale: float, jitter: Mapping[str, float] | None = None) -> Tensor:
     """The training reference of each target in `gt` [B,3,H,W] in [-1, 1].
 
     `use_tps=False` (ablations A0–A2) keeps the geometry and only jitters colour.

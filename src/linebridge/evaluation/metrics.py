@@ -8,7 +8,7 @@ saved image would be.
 Metrics that need pretrained weights (LPIPS: torchvision AlexNet/VGG/SqueezeNet;
 FID/KID: torch-fidelity's Inception) look for the weight file in `weights_dir` and in
 torch's hub cache (`$TORCH_HOME/hub/checkpoints`, default `~/.cache/torch/hub/checkpoints`)
-*before* building a network, and raise `MetricUnavailable` (reason + how to provide the
+*before* building a network, and raise `Unavailable` (reason + how to provide the
 file) when it is absent. Nothing here downloads. `try_metric` turns that exception into
 a record the report can print. CIEDE2000, Edge IoU and SWD are weight-free and written
 here; everything else calls its library.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,29 +27,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-from torchvision.models import AlexNet_Weights, SqueezeNet1_1_Weights, VGG16_Weights
 
 from linebridge.config import UserError
+from linebridge.pretrained import LPIPS_MIN_SIDE, Unavailable, find_weights, load_lpips
 
 T = TypeVar("T")
 FeatureExtractor = Callable[[Tensor], Tensor]
 """Maps images in [-1, 1] ([N, 3, H, W]) to features [N, D] — Inception, or any net in tests."""
 
 
-class MetricUnavailable(UserError):
-    """A metric cannot be computed here (missing weights, images too small); says why and the fix."""
-
-    def __init__(self, reason: str, how_to_fix: str) -> None:
-        super().__init__(f"{reason} {how_to_fix}")
-        self.reason = reason
-        self.how_to_fix = how_to_fix
-
-
 def try_metric(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | dict[str, Any]:
-    """`fn(*args, **kwargs)`, or {unavailable: True, reason, how_to_fix} if it raises MetricUnavailable."""
+    """`fn(*args, **kwargs)`, or {unavailable: True, reason, how_to_fix} if it raises Unavailable."""
     try:
         return fn(*args, **kwargs)
-    except MetricUnavailable as err:
+    except Unavailable as err:
         return {"unavailable": True, "reason": err.reason, "how_to_fix": err.how_to_fix}
 
 
@@ -82,78 +72,30 @@ def ssim(pred: Tensor, target: Tensor) -> Tensor:
     reflect-padded border and differs by ~1e-3 on small images. Channels are averaged.
     """
     _, ssim_map = structural_similarity_index_measure(
-        _unit(pred), _unit(target), gaussian_kernel=True, sigma=SSIM_SIGMA, data_range=1.0,
-        reduction="none", return_full_image=True,
+        _unit(pred),
+        _unit(target),
+        gaussian_kernel=True,
+        sigma=SSIM_SIGMA,
+        data_range=1.0,
+        reduction="none",
+        return_full_image=True,
     )
     pad = int(3.5 * SSIM_SIGMA + 0.5)  # torchmetrics' window radius for this σ
     return ssim_map[..., pad:-pad, pad:-pad].mean(dim=(1, 2, 3))
 
 
-# --------------------------------------------------------------------------- weights on disk
-
-
-def _find_weights(filename: str, url: str, what: str, weights_dir: str | Path | None) -> Path:
-    """The local copy of `filename` (in `weights_dir`, then torch's hub cache), or MetricUnavailable."""
-    hub = Path(torch.hub.get_dir()) / "checkpoints"
-    folders = ([Path(weights_dir)] if weights_dir is not None else []) + [hub]
-    for folder in folders:
-        if (folder / filename).is_file():
-            return folder / filename
-    places = " or ".join(str(f) for f in folders)
-    extra = f" or into {weights_dir}" if weights_dir is not None else ""
-    raise MetricUnavailable(
-        reason=f"{what} needs the pretrained weight file {filename}, which is not in {places} "
-        "(linebridge never downloads weights at run time).",
-        how_to_fix=f"On a connected machine run `curl -L -o {filename} {url}`, then copy the file to "
-        f"{hub / filename} (torch's hub cache: $TORCH_HOME/hub/checkpoints){extra}.",
-    )
-
-
-# --------------------------------------------------------------------------- LPIPS
-
-_LPIPS_TRUNKS = {"alex": AlexNet_Weights.IMAGENET1K_V1, "vgg": VGG16_Weights.IMAGENET1K_V1,
-                 "squeeze": SqueezeNet1_1_Weights.IMAGENET1K_V1}
-# Smallest image side each trunk accepts (AlexNet's stride-4 stem and three max-pools
-# need ≥ 31 px); measured with lpips 0.1.4.
-LPIPS_MIN_SIDE = {"alex": 31, "vgg": 16, "squeeze": 17}
-
-
-@functools.lru_cache(maxsize=4)
-def _lpips_model(net: str, trunk_path: str) -> nn.Module:
-    """lpips.LPIPS with a random trunk (no download) whose weights are then loaded from `trunk_path`.
-
-    The calibrated linear heads ship inside the lpips package. The trunk's slices keep
-    torchvision's `features` indices as module names, so `sliceK.i.*` ↔ `features.i.*`.
-    """
-    import warnings
-
-    import lpips as lpips_lib
-
-    with warnings.catch_warnings():  # torchvision's "pretrained= is deprecated", raised inside lpips
-        warnings.simplefilter("ignore", UserWarning)
-        model = lpips_lib.LPIPS(net=net, pnet_rand=True, verbose=False)
-    source = torch.load(trunk_path, map_location="cpu", weights_only=True)
-    trunk = {key: source[re.sub(r"^slice\d+\.", "features.", key)] for key in model.net.state_dict()}
-    model.net.load_state_dict(trunk)
-    return model.eval().requires_grad_(False)
-
-
-def load_lpips(net: str = "alex", weights_dir: str | Path | None = None) -> nn.Module:
-    """The LPIPS network (v0.1, frozen, eval mode; also usable as a training loss), or MetricUnavailable."""
-    if net not in _LPIPS_TRUNKS:
-        raise UserError(f"LPIPS net {net!r} unknown; choose one of {sorted(_LPIPS_TRUNKS)}")
-    url = _LPIPS_TRUNKS[net].url
-    path = _find_weights(url.rsplit("/", 1)[-1], url, f"LPIPS ({net})", weights_dir)
-    return _lpips_model(net, str(path))
-
-
-def lpips(pred: Tensor, target: Tensor, net: str = "alex", weights_dir: str | Path | None = None,
-          model: nn.Module | None = None) -> Tensor:
+def lpips(
+    pred: Tensor,
+    target: Tensor,
+    net: str = "alex",
+    weights_dir: str | Path | None = None,
+    model: nn.Module | None = None,
+) -> Tensor:
     """Per-image LPIPS distance (lower is closer); `model` injects a ready network (tests, training)."""
     net = getattr(model, "pnet_type", net)
     side = min(pred.shape[-2:])
     if net in LPIPS_MIN_SIDE and side < LPIPS_MIN_SIDE[net]:
-        raise MetricUnavailable(
+        raise Unavailable(
             reason=f"LPIPS ({net}) needs images of at least {LPIPS_MIN_SIDE[net]} px per side; got {side} px.",
             how_to_fix="Evaluate at a larger image size or use net='vgg' (≥ 16 px).",
         )
@@ -179,11 +121,11 @@ def _inception(path: str) -> nn.Module:
 
 
 def inception_features(weights_dir: str | Path | None = None) -> FeatureExtractor:
-    """torch-fidelity's Inception-v3 pool features (2048-d, the FID/KID standard), or MetricUnavailable."""
+    """torch-fidelity's Inception-v3 pool features (2048-d, the FID/KID standard), or Unavailable."""
     from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
     filename = URL_INCEPTION_V3.rsplit("/", 1)[-1]
-    model = _inception(str(_find_weights(filename, URL_INCEPTION_V3, "FID/KID (Inception-v3)", weights_dir)))
+    model = _inception(str(find_weights(filename, URL_INCEPTION_V3, "FID/KID (Inception-v3)", weights_dir)))
 
     def extract(images: Tensor) -> Tensor:
         return model.to(images.device)(_to_uint8(images))[0]
@@ -208,8 +150,9 @@ def frechet_distance(features_1: Tensor, features_2: Tensor) -> float:
     return fid_statistics_to_metric(*stats, verbose=False)[KEY_METRIC_FID]
 
 
-def kernel_distance(features_1: Tensor, features_2: Tensor, subsets: int = 100, subset_size: int = 1000,
-                    seed: int = 0) -> dict[str, float]:
+def kernel_distance(
+    features_1: Tensor, features_2: Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> dict[str, float]:
     """KID (unbiased MMD², cubic polynomial kernel) over random subsets: {mean, std} (torch-fidelity).
 
     The subset size is capped at the smaller set, so small test sets still get a value.
@@ -219,25 +162,52 @@ def kernel_distance(features_1: Tensor, features_2: Tensor, subsets: int = 100, 
     size = min(subset_size, len(features_1), len(features_2))
     if size < 2:
         raise UserError("KID needs at least 2 images per set")
-    out = kid_features_to_metric(features_1.double().cpu(), features_2.double().cpu(), kid_subsets=subsets,
-                                 kid_subset_size=size, rng_seed=seed, verbose=False)
+    out = kid_features_to_metric(
+        features_1.double().cpu(),
+        features_2.double().cpu(),
+        kid_subsets=subsets,
+        kid_subset_size=size,
+        rng_seed=seed,
+        verbose=False,
+    )
     return {"mean": out[KEY_METRIC_KID_MEAN], "std": out[KEY_METRIC_KID_STD]}
 
 
-def fid(real: Tensor, fake: Tensor, *, feature_extractor: FeatureExtractor | None = None,
-        weights_dir: str | Path | None = None, batch_size: int = 50) -> float:
+def fid(
+    real: Tensor,
+    fake: Tensor,
+    *,
+    feature_extractor: FeatureExtractor | None = None,
+    weights_dir: str | Path | None = None,
+    batch_size: int = 50,
+) -> float:
     """FID between two image sets; Inception unless `feature_extractor` is given."""
     extractor = feature_extractor or inception_features(weights_dir)
-    return frechet_distance(extract_features(real, extractor, batch_size), extract_features(fake, extractor, batch_size))
+    return frechet_distance(
+        extract_features(real, extractor, batch_size), extract_features(fake, extractor, batch_size)
+    )
 
 
-def kid(real: Tensor, fake: Tensor, *, feature_extractor: FeatureExtractor | None = None,
-        weights_dir: str | Path | None = None, subsets: int = 100, subset_size: int = 1000, seed: int = 0,
-        batch_size: int = 50) -> dict[str, float]:
+def kid(
+    real: Tensor,
+    fake: Tensor,
+    *,
+    feature_extractor: FeatureExtractor | None = None,
+    weights_dir: str | Path | None = None,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    seed: int = 0,
+    batch_size: int = 50,
+) -> dict[str, float]:
     """KID {mean, std} between two image sets; Inception unless `feature_extractor` is given."""
     extractor = feature_extractor or inception_features(weights_dir)
-    return kernel_distance(extract_features(real, extractor, batch_size), extract_features(fake, extractor, batch_size),
-                           subsets, subset_size, seed)
+    return kernel_distance(
+        extract_features(real, extractor, batch_size),
+        extract_features(fake, extractor, batch_size),
+        subsets,
+        subset_size,
+        seed,
+    )
 
 
 # --------------------------------------------------------------------------- Edge IoU
@@ -260,8 +230,9 @@ EDGE_IOU_DEFINITION = (
 def edges(images: Tensor) -> Tensor:
     """Boolean Canny edge map [B, 1, H, W] of the luminance, with the fixed parameters of EDGE_IOU_DEFINITION."""
     luminance = kornia.color.rgb_to_grayscale(_unit(images).float())  # Rec. 601 weights
-    _, edge_map = kornia.filters.canny(luminance, CANNY_LOW, CANNY_HIGH, (CANNY_KERNEL, CANNY_KERNEL),
-                                       (CANNY_SIGMA, CANNY_SIGMA), hysteresis=True)
+    _, edge_map = kornia.filters.canny(
+        luminance, CANNY_LOW, CANNY_HIGH, (CANNY_KERNEL, CANNY_KERNEL), (CANNY_SIGMA, CANNY_SIGMA), hysteresis=True
+    )
     return edge_map > 0.5
 
 
@@ -316,12 +287,18 @@ def ciede2000(lab1: Tensor, lab2: Tensor, dim: int = 1) -> Tensor:
 
     Lp_bar, Cp_bar = (L1 + L2) / 2, (c1p + c2p) / 2
     h_sum = h1p + h2p
-    hp_bar = torch.where((h1p - h2p).abs() <= 180, h_sum / 2,
-                         torch.where(h_sum < 360, (h_sum + 360) / 2, (h_sum - 360) / 2))
+    hp_bar = torch.where(
+        (h1p - h2p).abs() <= 180, h_sum / 2, torch.where(h_sum < 360, (h_sum + 360) / 2, (h_sum - 360) / 2)
+    )
     hp_bar = torch.where(chroma_zero, h_sum, hp_bar)
 
-    t = (1 - 0.17 * torch.cos(torch.deg2rad(hp_bar - 30)) + 0.24 * torch.cos(torch.deg2rad(2 * hp_bar))
-         + 0.32 * torch.cos(torch.deg2rad(3 * hp_bar + 6)) - 0.20 * torch.cos(torch.deg2rad(4 * hp_bar - 63)))
+    t = (
+        1
+        - 0.17 * torch.cos(torch.deg2rad(hp_bar - 30))
+        + 0.24 * torch.cos(torch.deg2rad(2 * hp_bar))
+        + 0.32 * torch.cos(torch.deg2rad(3 * hp_bar + 6))
+        - 0.20 * torch.cos(torch.deg2rad(4 * hp_bar - 63))
+    )
     d_theta = 30 * torch.exp(-(((hp_bar - 275) / 25) ** 2))
     cp_bar7 = Cp_bar**7
     r_c = 2 * torch.sqrt(cp_bar7 / (cp_bar7 + 25.0**7))
@@ -377,8 +354,15 @@ def _sliced_wasserstein(a: Tensor, b: Tensor, projections: int, generator: torch
     return total / projections
 
 
-def swd(real: Tensor, fake: Tensor, *, patches_per_image: int = SWD_PATCHES_PER_IMAGE,
-        projections: int = SWD_PROJECTIONS, min_side: int = SWD_MIN_SIDE, seed: int = 0) -> dict[str, float]:
+def swd(
+    real: Tensor,
+    fake: Tensor,
+    *,
+    patches_per_image: int = SWD_PATCHES_PER_IMAGE,
+    projections: int = SWD_PROJECTIONS,
+    min_side: int = SWD_MIN_SIDE,
+    seed: int = 0,
+) -> dict[str, float]:
     """Sliced Wasserstein distance on Laplacian-pyramid patches (Karras et al. 2018, ProGAN), weight-free.
 
     Pyramid: kornia `build_laplacian_pyramid` (5-tap Gaussian, as ProGAN), levels from full
@@ -399,8 +383,9 @@ def swd(real: Tensor, fake: Tensor, *, patches_per_image: int = SWD_PATCHES_PER_
         raise UserError(f"SWD needs images of at least {min_side} px per side; got {side} px")
     levels = int(math.log2(side / min_side)) + 1
     generator = torch.Generator().manual_seed(seed)
-    pyramids = [kornia.geometry.transform.build_laplacian_pyramid(x.clamp(-1, 1).float().cpu(), levels)
-                for x in (real, fake)]
+    pyramids = [
+        kornia.geometry.transform.build_laplacian_pyramid(x.clamp(-1, 1).float().cpu(), levels) for x in (real, fake)
+    ]
     out: dict[str, float] = {}
     for level_real, level_fake in zip(*pyramids):
         h, w = level_real.shape[-2:]

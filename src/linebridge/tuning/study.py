@@ -63,7 +63,6 @@ import shutil
 import socket
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -73,52 +72,60 @@ import yaml
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from linebridge.config import Config, UserError, flatten, load_config, merge, read_yaml, repo_root
+from linebridge.config import Config, UserError, flatten, load_config, merge, repo_root
+from linebridge.io import save_with, write_atomic, write_json
 
 EXPERIMENT = "A3"  # SPEC §7: the full method
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 STALE_RETRIES = 1  # a trial whose worker died is queued again this many times
-# An override is applied only where its component is switched on (see the module docstring).
-APPLIES: dict[str, Callable[[Config], bool]] = {
-    "loss.lambda_edge": lambda cfg: cfg["loss"]["lambda_edge"] > 0,
-    "augment.tps_scale": lambda cfg: bool(cfg["augment"]["use_tps"]),
-}
 
 
 @dataclass(frozen=True)
 class TunePaths:
-    storage: str         # journal file path or RDB URL
-    trials: Path         # one training folder per trial
+    storage: str  # journal file path or RDB URL
+    trials: Path  # one training folder per trial
     best_params: Path
     summary: Path
     history_png: Path
     importances_png: Path
 
     @classmethod
-    def resolve(cls, tune: Config, out: str | Path | None, storage: str | None) -> "TunePaths":
+    def resolve(cls, tune: Config, out: str | Path | None, storage: str | None) -> TunePaths:
         """Defaults from params (repo-root relative); with `out`, everything inside it."""
         if storage and not is_rdb(storage):
             storage = str(Path(storage).resolve())  # spawned workers and later runs may start elsewhere
         if out:
             out = Path(out).resolve()
-            return cls(storage or str(out / "optuna.journal"), out / "trials", out / "best_params.yaml",
-                       out / "tune.json", out / "tune_history.png", out / "tune_importances.png")
+            return cls(
+                storage or str(out / "optuna.journal"),
+                out / "trials",
+                out / "best_params.yaml",
+                out / "tune.json",
+                out / "tune_history.png",
+                out / "tune_importances.png",
+            )
         root = repo_root()
         default_storage = tune["storage"] if is_rdb(tune["storage"]) else str(root / tune["storage"])
         figures = root / "reports" / "figures"
-        return cls(storage or default_storage, root / "outputs" / "tune" / "trials", root / tune["best_params"],
-                   root / "metrics" / "tune.json", figures / "tune_history.png", figures / "tune_importances.png")
+        return cls(
+            storage or default_storage,
+            root / "outputs" / "tune" / "trials",
+            root / tune["best_params"],
+            root / "metrics" / "tune.json",
+            figures / "tune_history.png",
+            figures / "tune_importances.png",
+        )
 
 
 @dataclass(frozen=True)
 class Setup:
     """Everything a worker process needs (picklable for the spawn start method)."""
 
-    cfg: Config          # A3 at the tune budget, before the sampled values
+    cfg: Config  # A3 at the tune budget, before the sampled values
     tune: Config
     paths: TunePaths
     study_name: str
-    mlflow_run_id: str | None         # the parent "tune" run; None = no MLflow
+    mlflow_run_id: str | None  # the parent "tune" run; None = no MLflow
     mlflow_experiment_id: str | None
     git_commit: str
 
@@ -133,8 +140,9 @@ def open_storage(storage: str, heartbeat_interval: int = 60) -> BaseStorage:
         with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=STALE_RETRIES)
-            return optuna.storages.RDBStorage(storage, heartbeat_interval=heartbeat_interval,
-                                              heartbeat_stale_trial_callback=retry)
+            return optuna.storages.RDBStorage(
+                storage, heartbeat_interval=heartbeat_interval, heartbeat_stale_trial_callback=retry
+            )
     Path(storage).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
 
@@ -170,26 +178,30 @@ class FixedJudge:
     def __init__(self, cfg: Config) -> None:
         import torch
 
-        from linebridge.data import build_dataset
-        from linebridge.models import build_model
-        from linebridge.train import build_bridge
+        from linebridge.bbdm.sampling import build_bridge
+        from linebridge.bbdm.unet import build_model
+        from linebridge.data.datasets import build_dataset
+        from linebridge.runs import limited
 
         self.cfg = cfg
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.net = build_model(cfg).to(self.device)
         self.bridge = build_bridge(cfg).to(self.device)
-        self.val_set = build_dataset(cfg, "val")
-        if cfg["train"]["max_val_images"]:  # the val images train itself uses
-            self.val_set = torch.utils.data.Subset(self.val_set, range(min(cfg["train"]["max_val_images"], len(self.val_set))))
+        self.val_set = limited(
+            build_dataset(cfg, "val"), cfg["train"]["max_val_images"]
+        )  # the val images training uses
 
     def __call__(self, last: Path, epoch: int) -> float:
-        from linebridge import checkpoint, train
+        from linebridge import checkpoint
+        from linebridge.bbdm.train import validate
 
         state = checkpoint.load(last, map_location=self.device)
         if state["epoch"] != epoch:
-            raise RuntimeError(f"{last} holds epoch {state['epoch']}, expected {epoch}: tune needs train.checkpoint_every=1")
+            raise RuntimeError(
+                f"{last} holds epoch {state['epoch']}, expected {epoch}: tune needs train.checkpoint_every=1"
+            )
         self.net.load_state_dict(state["model"])
-        return train.validate(self.net, self.bridge, self.val_set, self.cfg, self.device)
+        return validate(self.net, self.bridge, self.val_set, self.cfg, self.device)
 
 
 class TrialLog:
@@ -207,11 +219,21 @@ class TrialLog:
 
         s = self.setup
         mlflow.set_tracking_uri(tracking_uri())
-        run = mlflow.start_run(experiment_id=s.mlflow_experiment_id, run_name=f"trial-{trial.number:04d}", nested=True,
-                               parent_run_id=s.mlflow_run_id,
-                               tags={"git_commit": s.git_commit, "stage": "tune", "experiment_id": EXPERIMENT,
-                                     "profile": cfg["profile"], "study_name": s.study_name,
-                                     "trial_number": str(trial.number), "worker_pid": str(os.getpid())})
+        run = mlflow.start_run(
+            experiment_id=s.mlflow_experiment_id,
+            run_name=f"trial-{trial.number:04d}",
+            nested=True,
+            parent_run_id=s.mlflow_run_id,
+            tags={
+                "git_commit": s.git_commit,
+                "stage": "tune",
+                "experiment_id": EXPERIMENT,
+                "profile": cfg["profile"],
+                "study_name": s.study_name,
+                "trial_number": str(trial.number),
+                "worker_pid": str(os.getpid()),
+            },
+        )
         self.active = True
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
         mlflow.log_params({k: str(v)[:500] for k, v in flatten(cfg).items()})
@@ -233,7 +255,8 @@ class TrialLog:
 
 def run_trial(trial: optuna.Trial, setup: Setup, judge: FixedJudge) -> float:
     """Train with the sampled values; report the fixed-reference val loss per epoch; return its minimum."""
-    from linebridge import train
+    from linebridge.bbdm.train import train
+    from linebridge.runs import Paths
 
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", os.getpid())
@@ -256,7 +279,7 @@ def run_trial(trial: optuna.Trial, setup: Setup, judge: FixedJudge) -> float:
 
     try:
         log.start(trial, cfg)
-        train.train(cfg, train.Paths.for_experiment(EXPERIMENT, out), log_mlflow=False, progress=False, on_epoch=on_epoch)
+        train(cfg, Paths.for_experiment(EXPERIMENT, out), log_mlflow=False, progress=False, on_epoch=on_epoch)
         log.metrics({"objective": best}, cfg["train"]["epochs"])
         state = TrialState.COMPLETE
         return best
@@ -277,7 +300,9 @@ def make_sampler(tune: Config, seed: int) -> optuna.samplers.TPESampler:
 
 
 def make_pruner(tune: Config) -> optuna.pruners.MedianPruner:
-    return optuna.pruners.MedianPruner(n_startup_trials=tune["pruner_startup_trials"], n_warmup_steps=tune["pruner_first_epoch"])
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=tune["pruner_startup_trials"], n_warmup_steps=tune["pruner_first_epoch"]
+    )
 
 
 def run_worker(setup: Setup, quota: int, seed: int, threads: int) -> None:
@@ -286,8 +311,12 @@ def run_worker(setup: Setup, quota: int, seed: int, threads: int) -> None:
 
     torch.set_num_threads(threads)
     storage = open_storage(setup.paths.storage, setup.tune["heartbeat_interval"])
-    study = optuna.load_study(study_name=setup.study_name, storage=storage,
-                              sampler=make_sampler(setup.tune, seed), pruner=make_pruner(setup.tune))
+    study = optuna.load_study(
+        study_name=setup.study_name,
+        storage=storage,
+        sampler=make_sampler(setup.tune, seed),
+        pruner=make_pruner(setup.tune),
+    )
     judge = FixedJudge(setup.cfg)
     tally = {"done": 0, "failed": 0}
 
@@ -332,7 +361,9 @@ def study_summary(storage: str | BaseStorage, study_name: str) -> dict[str, Any]
 
     Read only from the storage, so equal studies give equal summaries.
     """
-    study = optuna.load_study(study_name=study_name, storage=open_storage(storage) if isinstance(storage, str) else storage)
+    study = optuna.load_study(
+        study_name=study_name, storage=open_storage(storage) if isinstance(storage, str) else storage
+    )
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     done = [t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_complete]
     summary: dict[str, Any] = {
@@ -353,28 +384,14 @@ def study_summary(storage: str | BaseStorage, study_name: str) -> dict[str, Any]
     return summary
 
 
-def tuned_overrides(path: str | Path, cfg: Config | None = None) -> list[str]:
-    """`--set` strings from best_params.yaml, e.g. ["loss.lambda_edge=1.31", "augment.tps_scale=0.17"].
-
-    With `cfg` (the experiment's config without them), a value is kept only where its
-    component is on: λ_edge where λ_edge > 0 (A2-A4), tps_scale where use_tps (A3, A4).
-    A missing file (tune has not run) gives [].
-    """
-    path = Path(path)
-    if not path.exists():
-        return []
-    flat = flatten(read_yaml(path))
-    return [f"{key}={value}" for key, value in flat.items() if cfg is None or APPLIES.get(key, lambda _: True)(cfg)]
-
-
 def write_outputs(study: optuna.Study, summary: dict[str, Any], paths: TunePaths) -> None:
     """best_params.yaml, the summary JSON and both figures, each written atomically."""
-    from linebridge.train import write_atomic
-
-    header = (f"# Written by `linebridge tune` (study {summary['study_name']}, trial {summary['best_trial']}, "
-              f"value {summary['best_value']}); `dvc repro` rewrites it.\n")
+    header = (
+        f"# Written by `linebridge tune` (study {summary['study_name']}, trial {summary['best_trial']}, "
+        f"value {summary['best_value']}); `dvc repro` rewrites it.\n"
+    )
     write_atomic(paths.best_params, header + yaml.safe_dump(nested(summary["best_params"]), sort_keys=False))
-    write_atomic(paths.summary, json.dumps(summary, indent=2) + "\n")
+    write_json(paths.summary, summary)
     write_figures(study, summary, paths)
 
 
@@ -395,11 +412,8 @@ def write_figures(study: optuna.Study, summary: dict[str, Any], paths: TunePaths
             importances.axis("off")
             importances.text(0.5, 0.5, f"No importances: {summary['importances_note']}", ha="center", va="center")
     for ax, path in ((history, paths.history_png), (importances, paths.importances_png)):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        ax.figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        save_with(path, lambda tmp, fig=ax.figure: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
         plt.close(ax.figure)
-        os.replace(tmp, path)
 
 
 def prepare_study(storage: BaseStorage, setup: Setup) -> optuna.Study:
@@ -412,8 +426,10 @@ def prepare_study(storage: BaseStorage, setup: Setup) -> optuna.Study:
         study.set_user_attr("experiment", EXPERIMENT)
         study.set_user_attr("profile", setup.cfg["profile"])
     elif found != expected:
-        raise UserError(f"study '{setup.study_name}' in {setup.paths.storage} was run with another configuration; "
-                        "pass --study-name NEW or delete the storage to start over")
+        raise UserError(
+            f"study '{setup.study_name}' in {setup.paths.storage} was run with another configuration; "
+            "pass --study-name NEW or delete the storage to start over"
+        )
     return study
 
 
@@ -424,7 +440,12 @@ def start_parent_run(study: optuna.Study, setup: Setup, dead: list[FrozenTrial])
 
     from linebridge import tracking
 
-    tags = {"stage": "tune", "experiment_id": EXPERIMENT, "profile": setup.cfg["profile"], "study_name": setup.study_name}
+    tags = {
+        "stage": "tune",
+        "experiment_id": EXPERIMENT,
+        "profile": setup.cfg["profile"],
+        "study_name": setup.study_name,
+    }
     name = f"tune-{setup.study_name}"
     try:
         run = tracking.start_run("tune", name, setup.cfg, tags, study.user_attrs.get("mlflow_run_id"))
@@ -435,8 +456,12 @@ def start_parent_run(study: optuna.Study, setup: Setup, dead: list[FrozenTrial])
     for trial in dead:
         if "mlflow_run_id" in trial.user_attrs:
             client.set_terminated(trial.user_attrs["mlflow_run_id"], "KILLED")
-    return replace(setup, mlflow_run_id=run.info.run_id, mlflow_experiment_id=run.info.experiment_id,
-                   git_commit=tracking.git_commit())
+    return replace(
+        setup,
+        mlflow_run_id=run.info.run_id,
+        mlflow_experiment_id=run.info.experiment_id,
+        git_commit=tracking.git_commit(),
+    )
 
 
 def log_parent_run(summary: dict[str, Any], paths: TunePaths, wall_time_s: float) -> None:
@@ -467,8 +492,10 @@ def run_workers(setup: Setup, remaining: int, workers: int, first_seed: int) -> 
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=run_worker, args=(setup, q, first_seed + i, threads), name=f"tune-worker-{i}")
-             for i, q in enumerate(quotas)]
+    procs = [
+        ctx.Process(target=run_worker, args=(setup, q, first_seed + i, threads), name=f"tune-worker-{i}")
+        for i, q in enumerate(quotas)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -477,10 +504,20 @@ def run_workers(setup: Setup, remaining: int, workers: int, first_seed: int) -> 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default=None, help="params.yaml profile: default CPU profile, 'paper' (GPU) or 'tiny'")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a param, e.g. --set tune.epochs=2 (repeatable)")
-    parser.add_argument("--trials", type=int, default=None, help="COMPLETE + PRUNED trials the study ends with; None: tune.trials")
+    parser.add_argument(
+        "--profile", default=None, help="params.yaml profile: default CPU profile, 'paper' (GPU) or 'tiny'"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param, e.g. --set tune.epochs=2 (repeatable)",
+    )
+    parser.add_argument(
+        "--trials", type=int, default=None, help="COMPLETE + PRUNED trials the study ends with; None: tune.trials"
+    )
     parser.add_argument("--workers", type=int, default=None, help="parallel worker processes; None: tune.workers")
     parser.add_argument("--storage", default=None, help="journal file path or RDB URL; None: tune.storage")
     parser.add_argument("--study-name", default=None, help="None: A3-PROFILE, e.g. A3-default")
@@ -513,8 +550,11 @@ def main(args: argparse.Namespace) -> int:
         remaining = tune["trials"] - n_finished(study)
         if remaining > 0:
             workers = min(tune["workers"], remaining)
-            print(f"study {setup.study_name}: {n_finished(study)} of {tune['trials']} trials finished; running {remaining} "
-                  f"on {workers} worker(s); storage {paths.storage}", flush=True)
+            print(
+                f"study {setup.study_name}: {n_finished(study)} of {tune['trials']} trials finished; running {remaining} "
+                f"on {workers} worker(s); storage {paths.storage}",
+                flush=True,
+            )
             codes = run_workers(setup, remaining, workers, tune["seed"] + len(study.trials))
             if any(codes):
                 print(f"worker exit codes {codes}: see the messages above")
@@ -532,7 +572,9 @@ def main(args: argparse.Namespace) -> int:
     print(json.dumps(summary, indent=2))
     missing = tune["trials"] - n_finished(study)
     if summary["best_trial"] is None or missing > 0:
-        print(f"linebridge tune: {missing} of {tune['trials']} trials still to run ({summary['trials']['FAIL']} failed so far); "
-              "run the same command again to continue")
+        print(
+            f"linebridge tune: {missing} of {tune['trials']} trials still to run ({summary['trials']['FAIL']} failed so far); "
+            "run the same command again to continue"
+        )
         return 3
     return 0

@@ -1,0 +1,281 @@
+"""Train one BBDM experiment, read top to bottom.
+
+    config → data → network + bridge → loop(epochs: batches → loss → AdamW → EMA)
+           → validate (EMA, fixed timesteps) → checkpoint / early stop (runs.TrainingRun)
+
+Determinism: one seed drives everything; the batch order of epoch e comes from
+(seed, e), and the global RNG (timesteps, noise, TPS, jitter) is saved in every
+checkpoint, so `--resume` after `kill -9` replays the same numbers as a run that
+was never stopped. Checkpoints are taken at epoch ends.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from linebridge import checkpoint, distributed
+from linebridge.bbdm.bridge import BrownianBridge
+from linebridge.bbdm.losses import edge_weighted_l1, lpips_loss
+from linebridge.bbdm.sampling import build_bridge, colorize
+from linebridge.bbdm.unet import build_model, use_channels_last
+from linebridge.config import Config, UserError
+from linebridge.data.batches import batches, collate, reference_for, validation_rng
+from linebridge.runs import EpochCallback, NanWatch, Paths, TrainingRun, limited
+
+
+class EMA:
+    """Shadow weights: copies the model before `start`, then shadow ← r·shadow + (1−r)·weights."""
+
+    def __init__(self, model: nn.Module, rate: float, start: int) -> None:
+        self.rate, self.start = rate, start
+        self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        for s, p in zip(self.shadow.state_dict().values(), model.state_dict().values()):
+            if step < self.start or not s.dtype.is_floating_point:
+                s.copy_(p)
+            else:
+                s.lerp_(p, 1.0 - self.rate)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; a no-op on CPU (bf16 is slower than fp32 on this CPU)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def make_optimizer(net: nn.Module, cfg: Config, fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW of `train`; fused (one kernel for all parameters) unless `perf.fused_adamw` is off."""
+    tc = cfg["train"]
+    fused = cfg["perf"]["fused_adamw"] if fused is None else fused
+    return torch.optim.AdamW(
+        net.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"], betas=tuple(tc["betas"]), fused=fused or None
+    )
+
+
+def train_step(
+    model: nn.Module,
+    net: nn.Module,
+    bridge: BrownianBridge,
+    opt: torch.optim.Optimizer,
+    batch: dict[str, Tensor],
+    ref: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    cfg: Config,
+) -> Tensor:
+    """Loss → backward → clip → AdamW on one batch; returns the detached loss without a host sync.
+
+    `model` is what runs forward (`net`, or its DDP / torch.compile wrapper); `net` owns the parameters.
+    """
+    with autocast(t.device):
+        loss, _ = diffusion_loss(model, bridge, batch, ref, cfg, t, noise)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(net.parameters(), cfg["train"]["grad_clip"])
+    opt.step()
+    return loss.detach()
+
+
+def diffusion_loss(
+    net: nn.Module, bridge: BrownianBridge, batch: dict[str, Tensor], ref: Tensor, cfg: Config, t: Tensor, noise: Tensor
+) -> tuple[Tensor, dict[str, float]]:
+    """L_diff + λ_edge·L_edge for one batch at given timesteps and noise."""
+    target, line = batch["GT"], batch["lineart"]
+    source = line.expand(-1, 3, -1, -1)
+    x_t, objective = bridge.q_sample(target, source, t, noise)
+    out = net(x_t, t, line, ref).float()
+    loss_diff = F.l1_loss(out, objective)
+    loss = loss_diff
+    parts = {"loss_diff": loss_diff.detach()}
+    lc = cfg["loss"]
+    if lc["lambda_lpips"] > 0:
+        loss_lpips = lpips_loss(bridge.predict_target(x_t, source, t, out), target)
+        loss = loss + lc["lambda_lpips"] * loss_lpips
+        parts["loss_lpips"] = loss_lpips.detach()
+    if lc["lambda_edge"] > 0:
+        if lc["edge_target"] == "reconstruction":
+            pred, goal = bridge.predict_target(x_t, source, t, out), target
+        else:
+            pred, goal = out, objective
+        loss_edge = edge_weighted_l1(pred, goal, line, lc["edge_weight"], lc["edge_threshold"])
+        loss = loss + lc["lambda_edge"] * loss_edge
+        parts["loss_edge"] = loss_edge.detach()
+    return loss, parts
+
+
+@torch.no_grad()
+def validate(net: nn.Module, bridge: BrownianBridge, dataset, cfg: Config, device: torch.device) -> float:
+    """Loss averaged over `val_timesteps` fixed-seed timesteps per sample: comparable across epochs."""
+    net.eval()
+    total, count = 0.0, 0
+    with validation_rng(cfg):
+        for idx in batches(dataset, cfg["train"]["batch_size"], 0, 0, shuffle=False, drop_last=False):
+            batch = collate(dataset, idx, device)
+            ref = reference_for(batch["GT"], cfg)
+            for _ in range(cfg["train"]["val_timesteps"]):
+                t = torch.randint(0, bridge.num_timesteps, (len(idx),)).to(device)
+                noise = torch.randn(batch["GT"].shape).to(device)
+                with autocast(device):
+                    loss, _ = diffusion_loss(net, bridge, batch, ref, cfg, t, noise)
+                total += loss.item() * len(idx)
+                count += len(idx)
+    return total / max(count, 1)
+
+
+def sample_grid(
+    net: nn.Module,
+    bridge: BrownianBridge,
+    dataset,
+    cfg: Config,
+    device: torch.device,
+    path: Path,
+    n: int = 8,
+    steps: int = 20,
+) -> Path:
+    """PNG grid, one row per item: line art | reference | sample | ground truth."""
+    from torchvision.utils import save_image
+
+    net.eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg["seed"])
+        batch = collate(dataset, list(range(min(n, len(dataset)))), device)
+        ref = reference_for(batch["GT"], cfg)
+    line = batch["lineart"]
+    fake = colorize(net, bridge, line, ref, steps, seed=cfg["seed"])
+    rows = torch.stack([line.expand(-1, 3, -1, -1), ref, fake, batch["GT"]], dim=1).flatten(0, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image((rows + 1) / 2, path, nrow=4, padding=1)
+    return path
+
+
+def train(
+    cfg: Config,
+    paths: Paths,
+    resume: bool = False,
+    log_mlflow: bool = True,
+    progress: bool = True,
+    on_epoch: EpochCallback | None = None,
+) -> dict[str, Any]:
+    """Train `cfg` into `paths`; returns the summary that is also written to paths.metrics.
+
+    `on_epoch(epoch, val_loss)` runs after each epoch's checkpoint (Optuna reports and
+    prunes there: an exception it raises ends the run, marked FAILED in MLflow).
+    """
+    from tqdm.auto import tqdm
+
+    from linebridge.data.datasets import build_dataset
+
+    tc = cfg["train"]
+    ddp = distributed.setup()
+    device = ddp.device()
+    if tc["batch_size"] % ddp.world:
+        raise UserError(
+            f"train.batch_size={tc['batch_size']} (the global batch) must divide by the {ddp.world} processes"
+        )
+    torch.manual_seed(cfg["seed"])
+    train_set = limited(build_dataset(cfg, "train"), tc["max_train_images"])
+    val_set = limited(build_dataset(cfg, "val"), tc["max_val_images"])
+    if len(train_set) < tc["batch_size"]:
+        raise UserError(f"train split has {len(train_set)} images, fewer than train.batch_size={tc['batch_size']}")
+
+    net = use_channels_last(build_model(cfg).to(device), cfg)
+    model = nn.parallel.DistributedDataParallel(net) if ddp.world > 1 else net
+    if cfg["perf"]["compile"]:
+        model = torch.compile(model)
+    bridge = build_bridge(cfg).to(device)
+    opt = make_optimizer(net, cfg)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=tc["epochs"], eta_min=tc["eta_min"])
+    ema = EMA(net, tc["ema_rate"], tc["ema_start"])
+
+    def restore(state: dict[str, Any]) -> None:
+        net.load_state_dict(state["model"])
+        ema.shadow.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+
+    run = TrainingRun(cfg, paths, checkpoint.BBDM_KIND, tc["epochs"], ddp, log_mlflow)
+    if resume:
+        run.resume(restore)
+    run.start_tracking({}, resume)
+    try:
+        while run.going:
+            net.train()
+            t0 = time.perf_counter()
+            sums, seen = torch.zeros((), device=device), 0
+            watch = NanWatch(device)
+            epoch_batches = batches(train_set, tc["batch_size"], cfg["seed"], run.epoch)
+            bar = tqdm(
+                epoch_batches,
+                desc=f"{cfg['experiment']} epoch {run.epoch + 1}/{tc['epochs']}",
+                unit="batch",
+                disable=not progress or not ddp.main,
+                leave=False,
+            )
+            for i, idx in enumerate(bar):
+                batch = collate(train_set, idx, device)
+                ref = reference_for(batch["GT"], cfg)
+                t = torch.randint(0, bridge.num_timesteps, (len(idx),)).to(device)
+                noise = torch.randn(batch["GT"].shape).to(device)
+                mine = ddp.my_slice(len(idx))  # the whole slice in a single process
+                loss = train_step(
+                    model,
+                    net,
+                    bridge,
+                    opt,
+                    {k: v[mine] for k, v in batch.items()},
+                    ref[mine],
+                    t[mine],
+                    noise[mine],
+                    cfg,
+                )
+                run.step += 1
+                watch.update(run.step, loss)
+                ema.update(net, run.step)
+                sums += ddp.mean(loss) * len(idx)
+                seen += len(idx)
+                if run.check_finite(watch, force=i == len(epoch_batches) - 1):
+                    bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            seconds = time.perf_counter() - t0
+            lr = opt.param_groups[0]["lr"]
+            sched.step()
+            val_loss = validate(ema.shadow, bridge, val_set, cfg, device)
+            train_loss = (sums / max(seen, 1)).item()
+            run.end_epoch(
+                train_loss,
+                val_loss,
+                lr,
+                seconds,
+                seen,
+                log=f"train {train_loss:.4f}  val {val_loss:.4f}",
+                best_state=lambda: {"model": net.state_dict(), "ema": ema.shadow.state_dict()},
+                last_state=lambda: {
+                    "model": net.state_dict(),
+                    "ema": ema.shadow.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                },
+                sample=lambda path: sample_grid(ema.shadow, bridge, val_set, cfg, device, path),
+                on_epoch=on_epoch,
+            )
+    except BaseException:
+        run.fail()
+        distributed.teardown(ddp)
+        raise
+
+    identical = ddp.same_everywhere(list(net.state_dict().values()))  # DDP keeps replicas in lockstep; check it
+    distributed.teardown(ddp)
+    if not identical:
+        raise RuntimeError("DDP ranks ended with different weights; this is a bug")
+    if not ddp.main:
+        return {}
+    return run.finish(
+        {"experiment": cfg["experiment"], "profile": cfg["profile"], "processes": ddp.world}, len(train_set)
+    )

@@ -1,0 +1,48 @@
+"""Which split an emoji belongs to, the test protocols, and evenly spread subsets.
+
+Splits are by group through a hash of the group key, so an emoji's split never changes
+when other emojis are added or a subset of groups is taken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from linebridge.config import ConfigError
+
+SPLITS = ("train", "val", "test")
+PROTOCOLS = ("self", "cross_gt", "cross_random")
+
+
+def key_fraction(key: str) -> float:
+    """A stable number in [0, 1) from sha256 of `key` (Python's hash() is salted per process)."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:16], 16) / 16**16
+
+
+def split_of(key: str, fractions: tuple[float, float, float]) -> str:
+    """train / val / test for the group `key`, by where its hash falls in `fractions`."""
+    u, total = key_fraction(key), sum(fractions)
+    if u < fractions[0] / total:
+        return "train"
+    return "val" if u < (fractions[0] + fractions[1]) / total else "test"
+
+
+def parse_fractions(value: object) -> tuple[float, float, float]:
+    """data.split_fractions as three floats (train, val, test), or a ConfigError."""
+    try:
+        fractions = tuple(float(f) for f in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        fractions = ()
+    if len(fractions) != 3 or min(fractions) < 0 or fractions[0] <= 0 or fractions[2] <= 0:
+        raise ConfigError(f"data.split_fractions={value!r}: give three numbers [train, val, test], train and test > 0")
+    return fractions  # type: ignore[return-value]
+
+
+def spread(count: int, n: int) -> list[int]:
+    """Up to `n` indices evenly spaced over `count` items, first and last included (deterministic).
+
+    Sample grids show items spread over a set, because the first ones often come from one group.
+    """
+    if count <= n:
+        return list(range(count))
+    return [round(i * (count - 1) / (n - 1)) for i in range(n)] if n > 1 else [0] * min(n, count)

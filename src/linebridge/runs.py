@@ -1,0 +1,296 @@
+"""Run bookkeeping shared by every training loop (BBDM and the GAN baselines).
+
+A loop owns its maths (batches, losses, optimiser steps); `TrainingRun` owns what every
+run must do the same way: resume from `last.pt`, early stopping on validation loss,
+`best.pt` / `last.pt` checkpoints, the MLflow run, the non-finite-loss watch with a host
+sync every `CHECK_EVERY` steps, rank-0-only writing under torchrun, and the summary JSON
+and history CSV at the end. Keeping it in one place is what lets `--resume` after
+`kill -9` replay the same bytes in both families.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from linebridge import checkpoint
+from linebridge.config import Config, flatten, repo_root
+from linebridge.distributed import Dist
+from linebridge.io import write_atomic, write_json
+
+CHECK_EVERY = 10  # steps between host syncs (non-finite check, progress bar)
+NO_BAD_STEP = 2**62
+# Keys that change no number a run produces: a checkpoint saved under other values of
+# these still resumes (perf switches change float rounding only, not the maths).
+RESUMABLE_KEYS = ("description", "perf.", "eval.", "tune.", "train.checkpoint_every", "train.sample_every")
+HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "lr"]
+
+EpochCallback = Callable[[int, float], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class Paths:
+    out: Path  # checkpoints and samples (DVC cache)
+    metrics: Path  # small JSON summary (committed)
+    history: Path  # per-epoch CSV for `dvc plots` (committed)
+
+    @classmethod
+    def for_experiment(cls, experiment: str, out: str | Path | None = None) -> Paths:
+        """Default: outputs/train/ID plus metrics/train/ID.{json,csv}; with `out`, all inside it."""
+        if out:
+            return cls(Path(out), Path(out) / "metrics.json", Path(out) / "history.csv")
+        root = repo_root()
+        return cls(
+            root / "outputs" / "train" / experiment,
+            root / "metrics" / "train" / f"{experiment}.json",
+            root / "metrics" / "train" / f"{experiment}.csv",
+        )
+
+    @property
+    def last(self) -> Path:
+        return self.out / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.out / "best.pt"
+
+
+def config_changes(saved: Config, cfg: Config) -> list[str]:
+    """`key: old → new` for every setting that differs and changes what training computes."""
+    old, new = flatten(saved), flatten(cfg)
+    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed if not k.startswith(RESUMABLE_KEYS)]
+
+
+def limited(dataset, n: int):
+    """The first `n` items of `dataset` (0 = all): fixed, so every epoch and run sees the same ones."""
+    return torch.utils.data.Subset(dataset, range(min(n, len(dataset)))) if n else dataset
+
+
+class NanWatch:
+    """Remembers the first step with a non-finite loss on the device; `check` syncs with the host."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.bad_step = torch.full((), NO_BAD_STEP, device=device)
+        self.bad_loss = torch.zeros((), device=device)
+
+    def update(self, step: int, loss: Tensor) -> None:
+        first = ~torch.isfinite(loss) & (self.bad_step == NO_BAD_STEP)
+        self.bad_step = torch.where(first, step, self.bad_step)
+        self.bad_loss = torch.where(first, loss.float(), self.bad_loss)
+
+    def check(self, ddp: Dist, where: str) -> None:
+        """Raise TrainingDiverged naming the first bad step of any rank (one host sync)."""
+        first_bad = ddp.min_item(self.bad_step)
+        if first_bad != NO_BAD_STEP:
+            value = self.bad_loss.item() if int(self.bad_step) == first_bad else "on another process"
+            raise TrainingDiverged(f"{where}: loss is not finite ({value}) at step {first_bad}")
+
+
+class TrainingRun:
+    """Counters, checkpoints, early stopping and tracking of one run; see the module docstring.
+
+    Use: `resume(restore)`, `start_tracking(tags)`, then per epoch `while run.going:` …
+    `end_epoch(...)`, and `finish(summary)`. `fail()` in an exception handler closes MLflow.
+    """
+
+    def __init__(self, cfg: Config, paths: Paths, kind: str, epochs: int, ddp: Dist, log_mlflow: bool) -> None:
+        self.cfg, self.paths, self.kind, self.epochs, self.ddp = cfg, paths, kind, epochs, ddp
+        self.log_mlflow = log_mlflow and ddp.main
+        self.patience, self.min_delta = cfg["train"]["patience"], cfg["train"]["min_delta"]
+        self.epoch, self.step, self.best_val, self.bad_epochs = 0, 0, math.inf, 0
+        self.history: list[dict[str, Any]] = []
+        self.wall = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.cfg["experiment"]
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+    @property
+    def going(self) -> bool:
+        return self.epoch < self.epochs and not self.stopped_early
+
+    def resume(self, restore: Callable[[dict[str, Any]], None]) -> None:
+        """Continue from last.pt when its config matches in every key that changes the numbers.
+
+        `restore(state)` loads the loop's own objects (weights, optimisers, schedulers); the
+        counters, history, wall time and the global RNG are restored here.
+        """
+        last = self.paths.last
+        if not last.exists():
+            return
+        state = checkpoint.load(last, kind=self.kind, map_location=self.ddp.device())
+        changes = config_changes(state["config"], self.cfg)
+        if changes:
+            print(
+                f"{last}: saved with a different config ({'; '.join(changes[:5])}"
+                f"{' …' if len(changes) > 5 else ''}); starting from scratch"
+            )
+            return
+        restore(state)
+        torch.set_rng_state(state["rng"])
+        self.epoch, self.step, self.best_val, self.bad_epochs = (
+            state["epoch"],
+            state["step"],
+            state["best_val"],
+            state["bad_epochs"],
+        )
+        self.history = state["history"]
+        timing = last.with_name("timing.json")
+        self.wall = json.loads(timing.read_text())["wall_time_s"] if timing.exists() else 0.0
+        if self.ddp.main:
+            print(f"resuming {self.name} after epoch {self.epoch} (step {self.step})")
+
+    def start_tracking(self, tags: dict[str, str], resume: bool) -> None:
+        """Open (or, when resuming, reopen) this run's MLflow run; its id is kept beside the checkpoints."""
+        if not self.log_mlflow:
+            return
+        from linebridge import tracking
+
+        run_id_file = self.paths.out / "mlflow_run_id"
+        old_id = run_id_file.read_text().strip() if resume and self.epoch > 0 and run_id_file.exists() else None
+        base = {"stage": f"train@{self.name}", "experiment_id": self.name, "profile": self.cfg["profile"]}
+        run = tracking.start_run("train", f"train-{self.name}", self.cfg, {**base, **tags}, old_id)
+        write_atomic(run_id_file, run.info.run_id)
+
+    def check_finite(self, watch: NanWatch, force: bool = False) -> bool:
+        """Every CHECK_EVERY steps (or when `force`): sync and raise on a non-finite loss; True if it synced."""
+        if self.step % CHECK_EVERY and not force:
+            return False
+        try:
+            watch.check(self.ddp, self.name)
+        except TrainingDiverged as err:
+            raise TrainingDiverged(
+                f"{err} (epoch {self.epoch + 1}); the last good checkpoint is kept at "
+                f"{self.paths.last}. Lower the learning rate or check the data."
+            ) from None
+        return True
+
+    def end_epoch(
+        self,
+        train_loss: float,
+        val_loss: float,
+        lr: float,
+        seconds: float,
+        images: int,
+        *,
+        best_state: Callable[[], dict[str, Any]],
+        last_state: Callable[[], dict[str, Any]],
+        log: str,
+        metrics: dict[str, float] | None = None,
+        sample: Callable[[Path], Path] | None = None,
+        on_epoch: EpochCallback | None = None,
+    ) -> None:
+        """Record one finished epoch: history, best/early stop, checkpoints, MLflow, then `on_epoch`.
+
+        `best_state()` / `last_state()` build the loop's checkpoint contents (the counters are
+        added here); `log` is the loop's own progress line; `sample(path)` writes a sample grid.
+        """
+        self.wall += seconds
+        self.epoch += 1
+        self.history.append(
+            {"epoch": self.epoch, "step": self.step, "train_loss": train_loss, "val_loss": val_loss, "lr": lr}
+        )
+        improved = val_loss < self.best_val - self.min_delta
+        if improved:
+            self.best_val, self.bad_epochs = val_loss, 0
+        else:
+            self.bad_epochs += 1
+        tc, main = self.cfg["train"], self.ddp.main
+        if main:
+            print(
+                f"{self.name} epoch {self.epoch}: {log}  {images / seconds:.0f} img/s{'  (best)' if improved else ''}",
+                flush=True,
+            )
+        if improved and main:
+            checkpoint.save(
+                {
+                    "kind": self.kind,
+                    "config": self.cfg,
+                    **best_state(),
+                    "epoch": self.epoch,
+                    "step": self.step,
+                    "val_loss": val_loss,
+                },
+                self.paths.best,
+            )
+        if self.log_mlflow:
+            from linebridge import tracking
+
+            tracking.log_metrics(
+                {
+                    **(metrics or {}),
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "lr": lr,
+                    "images_per_s": images / seconds,
+                },
+                self.epoch,
+            )
+            if sample is not None and (self.epoch % tc["sample_every"] == 0 or self.epoch == self.epochs):
+                tracking.log_image(sample(self.paths.out / "samples" / f"epoch_{self.epoch:03d}.png"))
+        if main and (self.epoch % tc["checkpoint_every"] == 0 or self.epoch == self.epochs or self.stopped_early):
+            state = {
+                "kind": self.kind,
+                "config": self.cfg,
+                **last_state(),
+                "rng": torch.get_rng_state(),
+                "epoch": self.epoch,
+                "step": self.step,
+                "best_val": self.best_val,
+                "bad_epochs": self.bad_epochs,
+                "history": self.history,
+            }
+            checkpoint.save(state, self.paths.last)  # the wall time beside it keeps checkpoints byte-reproducible
+            write_atomic(self.paths.last.with_name("timing.json"), json.dumps({"wall_time_s": self.wall}) + "\n")
+        if on_epoch is not None:
+            on_epoch(self.epoch, val_loss)
+
+    def fail(self) -> None:
+        if self.log_mlflow:
+            from linebridge import tracking
+
+            tracking.end_run("FAILED")
+
+    def finish(self, summary: dict[str, Any], train_images: int) -> dict[str, Any]:
+        """The summary JSON, the history CSV, MLflow's best_val_loss, run closed; rank 0 only."""
+        best = checkpoint.load(self.paths.best, kind=self.kind, map_location=self.ddp.device())
+        summary = {
+            **summary,
+            "best_val_loss": best["val_loss"],
+            "best_epoch": best["epoch"],
+            "epochs_run": self.epoch,
+            "steps": self.step,
+            "stopped_early": self.stopped_early,
+            "train_images": train_images,
+            "wall_time_s": round(self.wall, 1),
+        }
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.history)
+        write_atomic(self.paths.history, buf.getvalue())
+        write_json(self.paths.metrics, summary)
+        if self.log_mlflow:
+            from linebridge import tracking
+
+            tracking.log_metrics({"best_val_loss": best["val_loss"]}, self.epoch)
+            tracking.end_run()
+        return summary
