@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The speed issue's GPU check: train the paper config (256², 284M parameters) in bf16 for a few
+# GPU check: train the paper config (256², 284M parameters) in bf16 for a few
 # hundred steps, eager and under torch.compile, and report images/s and model FLOPs utilisation
 # against a bf16 matmul peak measured in the same run. Budget: under 5 minutes on an H200.
 #

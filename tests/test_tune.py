@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from linebridge.cli import main as cli_main
 from linebridge.config import load_config, tuned_overrides
-from linebridge.tuning.study import FINISHED, open_storage, study_summary
+from linebridge.tuning.storage import FINISHED, open_storage, study_summary
 
 TUNE = ["tune", "--profile", "tiny"]
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny nets gain nothing from 2 threads; a loaded box loses a lot

@@ -15,7 +15,7 @@ that drift in the machine's speed hits both alike, and reports medians after war
     after   params.yaml `perf`: channels_last, fused AdamW, host syncs every CHECK_EVERY steps
     +compile  `after` under torch.compile (with --compile; the first call compiles)
 
-`--gpu-check` is the GPU check of the speed issue: it trains the paper config for a few
+`--gpu-check` is the GPU speed check (benchmarks/gpu_check.sh): it trains the paper config for a few
 hundred steps in bf16 and reports images/s and model FLOPs utilisation (see gpu_check).
 It imports neither kornia, mlflow nor the data stack, so it runs on a bare PyTorch image.
 """
@@ -198,7 +198,7 @@ def train_step_bench(
 def sampling_bench(
     profile: str | None, variants: list[str], repeats: int, batch: int, device: torch.device
 ) -> list[dict[str, Any]]:
-    """Seconds per image of the bridge sampler (inference.colorize) at each of SAMPLING_STEPS."""
+    """Seconds per image of the bridge sampler (bbdm.sampling.colorize) at each of SAMPLING_STEPS."""
     from linebridge.bbdm.sampling import colorize
 
     cfg = load_config("A3", profile)
@@ -303,7 +303,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gpu-check",
         action="store_true",
-        help="instead: train the paper config in bf16 for --steps steps and report images/s and MFU (needs CUDA unless --device cpu)",
+        help=(
+            "instead: train the paper config in bf16 for --steps steps and report images/s and MFU "
+            "(needs CUDA unless --device cpu)"
+        ),
     )
     parser.add_argument("--steps", type=int, default=300, help="--gpu-check: training steps (a fifth are warm-up)")
     parser.add_argument(
@@ -321,20 +324,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def print_table(result: dict[str, Any]) -> None:
     print(
-        f"matmul peak ({result['matmul_peak']}): {result['matmul_peak_gflop_per_s']:.1f} GFLOP/s, {result['threads']} threads"
+        f"matmul peak ({result['matmul_peak']}): {result['matmul_peak_gflop_per_s']:.1f} GFLOP/s, "
+        f"{result['threads']} threads"
     )
     print(
-        f"{'profile':<8} {'variant':<9} {'size':>5} {'batch':>5} {'s/step':>8} {'img/s':>7} {'GFLOP/step':>11} {'GFLOP/s':>8} {'of peak':>8}"
+        f"{'profile':<8} {'variant':<9} {'size':>5} {'batch':>5} {'s/step':>8} {'img/s':>7} "
+        f"{'GFLOP/step':>11} {'GFLOP/s':>8} {'of peak':>8}"
     )
     for r in result["train_step"]:
         print(
-            f"{r['profile']:<8} {r['variant']:<9} {r['image_size']:>5} {r['batch']:>5} {r['seconds_per_step']:>8.3f} {r['images_per_s']:>7.2f} "
+            f"{r['profile']:<8} {r['variant']:<9} {r['image_size']:>5} {r['batch']:>5} "
+            f"{r['seconds_per_step']:>8.3f} {r['images_per_s']:>7.2f} "
             f"{r['gflop_per_step']:>11.1f} {r['gflop_per_s']:>8.1f} {r['fraction_of_matmul_peak']:>8.0%}"
         )
     print(f"{'sampling':<8} {'variant':<9} {'steps':>5} {'ms/image':>9} {'vs 200 steps':>13}")
     for r in result["sampling"]:
         print(
-            f"{'':<8} {r['variant']:<9} {r['steps']:>5} {r['seconds_per_image'] * 1000:>9.1f} {r['speedup_vs_200']:>12.1f}×"
+            f"{'':<8} {r['variant']:<9} {r['steps']:>5} {r['seconds_per_image'] * 1000:>9.1f} "
+            f"{r['speedup_vs_200']:>12.1f}×"
         )
 
 

@@ -48,6 +48,16 @@ def to_tensor(image: Image.Image, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
 
 
+def check_output(path: Path) -> Path:
+    """A UserError unless `path` can take an image file: not a folder, and a suffix PIL can write."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"-o {path}: is a folder; give a file name such as {path / 'colour.png'}")
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise UserError(f"-o {path}: unknown image type {path.suffix!r}; end the name with .png or .jpg")
+    return path
+
+
 def colorize_file(
     line_path: Path,
     ref_path: Path | None,
@@ -62,6 +72,7 @@ def colorize_file(
 
     from linebridge.inference import load_colorizer
 
+    check_output(out_path)
     fn, cfg = load_colorizer(checkpoint, steps=steps, eta=eta, deterministic=deterministic)
     size = cfg["data"]["image_size"]
     line_img, box = pad_square(read_image(line_path, "L"))

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from linebridge.schema import problems
+
 Config = dict[str, Any]
 
 
@@ -124,6 +126,13 @@ def load_config(
     cfg["experiment"] = experiment or "base"
     cfg["profile"] = profile or "default"
     cfg["description"] = description
+    bad = problems(cfg)
+    if bad:
+        where = f"experiment {experiment}, " if experiment else ""
+        raise ConfigError(
+            f"invalid settings ({where}profile {cfg['profile']}; params.yaml, experiments/, --set):\n  "
+            + "\n  ".join(bad)
+        )
     return cfg
 
 

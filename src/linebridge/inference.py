@@ -7,6 +7,7 @@ baselines their generator.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,9 +15,22 @@ import torch
 from torch import Tensor
 
 from linebridge import checkpoint
-from linebridge.config import Config
+from linebridge.config import Config, UserError
 
 Colorizer = Callable[[Tensor, "Tensor | None", int], Tensor]
+
+
+def sampler_eta(cfg: Config) -> float:
+    """The η a checkpoint's config asks for (eval.eta; checkpoints from before it existed kept it in bridge)."""
+    return float(cfg["eval"].get("eta", cfg["bridge"].get("eta", 1.0)))
+
+
+def check_sampler(steps: int, eta: float, num_timesteps: int) -> None:
+    """A UserError naming the option unless 2 ≤ steps ≤ T and η is a finite number ≥ 0."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 2 <= steps <= num_timesteps:
+        raise UserError(f"--steps {steps}: give a whole number from 2 to {num_timesteps} (the model's bridge length)")
+    if not math.isfinite(eta) or eta < 0:
+        raise UserError(f"--eta {eta}: give a finite number ≥ 0 (1 = BBDM's sampler, 0 = no noise)")
 
 
 def load_colorizer(
@@ -30,7 +44,7 @@ def load_colorizer(
     """`fn(lineart, ref, seed) -> colour` for any linebridge checkpoint (BBDM or a GAN baseline).
 
     For BBDM the sampler settings are bound here (None: the checkpoint's eval.sample_step
-    and bridge.eta); GAN baselines ignore them.
+    and eval.eta); GAN baselines ignore them.
     """
     state = checkpoint.load(path, kind=None, map_location=device)
     kind = state.get("kind")
@@ -40,8 +54,9 @@ def load_colorizer(
         if weights not in ("ema", "raw"):
             raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
         net, bridge, cfg = from_state(state, weights, device)
-        steps = steps or cfg["eval"]["sample_step"]
-        eta = cfg["bridge"]["eta"] if eta is None else eta
+        steps = cfg["eval"]["sample_step"] if steps is None else steps
+        eta = sampler_eta(cfg) if eta is None else eta
+        check_sampler(steps, eta, cfg["bridge"]["num_timesteps"])
 
         def fn(lineart: Tensor, ref: Tensor | None, seed: int) -> Tensor:
             return colorize(

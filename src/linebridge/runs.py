@@ -80,6 +80,16 @@ def limited(dataset, n: int):
     return torch.utils.data.Subset(dataset, range(min(n, len(dataset)))) if n else dataset
 
 
+def save_sample_grid(path: Path, lineart: Tensor, ref: Tensor, out: Tensor, gt: Tensor) -> Path:
+    """PNG grid, one row per item: line art | reference | output | ground truth (images in [-1, 1])."""
+    from torchvision.utils import save_image
+
+    rows = torch.stack([lineart.expand(-1, 3, -1, -1), ref, out, gt], dim=1).flatten(0, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image((rows + 1) / 2, path, nrow=4, padding=1)
+    return path
+
+
 class NanWatch:
     """Remembers the first step with a non-finite loss on the device; `check` syncs with the host."""
 

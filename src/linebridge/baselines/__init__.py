@@ -1,1 +1,5 @@
-"""Baselines the method is compared with: Pix2Pix and SCFT (trained here) and ControlNet (zero-shot, when its weights exist)."""
+"""Baselines the method is compared with.
+
+Pix2Pix and SCFT are trained here; ControlNet runs zero-shot, only where its weights exist.
+How each differs from its paper and reference code: docs/deviations.md.
+"""

@@ -5,7 +5,7 @@ it can run here and, if not, why (the reason the report prints); `controlnet_col
 is the `fn(lineart, ref, seed)` evaluation calls when it can. Text prompt + line art
 only: SD has no reference input without an adapter. Line art goes in as white lines on
 black (the line-art ControlNet's convention), upscaled to `resolution`; the output is
-resized back to data.image_size.
+resized back to data.image_size. See docs/deviations.md.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from linebridge.baselines.scft import SCFTGenerator, load_vgg19_features, percep
 from linebridge.config import Config, ConfigError, UserError
 from linebridge.data.batches import batches, collate, reference_for, validation_rng
 from linebridge.pretrained import Unavailable
-from linebridge.runs import EpochCallback, NanWatch, Paths, TrainingRun, limited
+from linebridge.runs import EpochCallback, NanWatch, Paths, TrainingRun, limited, save_sample_grid
 
 FAMILIES = ("pix2pix", "scft")
 Colorizer = Callable[[Tensor, "Tensor | None", int], Tensor]
@@ -186,17 +186,13 @@ def validate_gan(generator: nn.Module, dataset, cfg: Config, device: torch.devic
 @torch.no_grad()
 def sample_grid_gan(generator: nn.Module, dataset, cfg: Config, device: torch.device, path: Path, n: int = 8) -> Path:
     """PNG grid like the BBDM loop's: line art | reference (blank for Pix2Pix) | output | ground truth."""
-    from torchvision.utils import save_image
-
     generator.eval()
     batch, ref = next(fixed_batches(limited(dataset, n), cfg, device, generator))
     line, gt = batch["lineart"], batch["GT"]
     shown = ref if ref is not None else torch.ones_like(gt)
-    rows = torch.stack([line.expand(-1, 3, -1, -1), shown, generator(line, ref), gt], dim=1).flatten(0, 1)
+    fake = generator(line, ref)
     generator.train()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image((rows + 1) / 2, path, nrow=4, padding=1)
-    return path
+    return save_sample_grid(path, line, shown, fake, gt)
 
 
 def train_gan(

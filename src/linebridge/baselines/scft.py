@@ -3,6 +3,7 @@
 Sketch and reference encoders, the SCFT attention block, residual blocks at the
 token-map resolution and a decoder with sketch skips; plus the paper's perceptual and
 style losses on VGG19 activations, which run only when VGG19 weights are on disk.
+Training is `baselines.gan`; what differs from the paper is in docs/deviations.md.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ class SCFTGenerator(nn.Module):
         super().__init__()
         if image_size % 2**levels:
             raise ConfigError(
-                f"SCFT with baselines.scft.levels={levels} needs data.image_size divisible by {2**levels}; got {image_size}"
+                f"SCFT with baselines.scft.levels={levels} needs data.image_size divisible by {2**levels}; "
+                f"got {image_size}"
             )
         self.sketch_encoder = SCFTEncoder(1, base, levels, norm)
         self.reference_encoder = SCFTEncoder(3, base, levels, norm)

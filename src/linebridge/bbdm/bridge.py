@@ -89,10 +89,13 @@ class BrownianBridge(nn.Module):
 
     # ----- sampling --------------------------------------------------------------------
     def timesteps(self, sample_step: int, kind: str = "linear") -> Tensor:
-        """Visited indices, T−1 down to 0, `sample_step` entries (BBDM's lists).
+        """Visited indices, strictly decreasing from T−1 to 0, `sample_step` entries (BBDM's lists).
 
         linear: BBDM's `arange(T−1, 1, −(T−1)/(S−2))` truncated to int, then [1, 0]
                 (S=200 → 999, 993, 988, …, 10, 5, 1, 0; S=5 → 999, 666, 333, 1, 0).
+                When the step is below 2 (T=1000: S from 502 to 999) the truncated
+                arange already ends at 1; that repeated 1 is merged, so the list holds
+                S − 1 entries. Every other list is BBDM's, unchanged.
         cosine: T−1 ⋅ (1 + cos(πu))/2 for u evenly in [0, 1], rounded; BBDM's version
                 starts at index T (out of range) and is fixed here. Near-duplicate
                 indices are merged, so it can hold slightly fewer than S entries.
@@ -107,7 +110,7 @@ class BrownianBridge(nn.Module):
                 return torch.tensor([T - 1, 0], dtype=torch.long)
             step = (T - 1) / (sample_step - 2)
             mid = torch.arange(T - 1, 1, -step).long()
-            return torch.cat([mid, torch.tensor([1, 0], dtype=torch.long)])
+            return torch.unique_consecutive(torch.cat([mid, torch.tensor([1, 0], dtype=torch.long)]))
         if kind == "cosine":
             u = torch.linspace(0, 1, sample_step, dtype=torch.float64)
             steps = torch.round((T - 1) * (1 + torch.cos(math.pi * u)) / 2).long()

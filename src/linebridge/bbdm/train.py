@@ -22,12 +22,13 @@ from torch import Tensor, nn
 
 from linebridge import checkpoint, distributed
 from linebridge.bbdm.bridge import BrownianBridge
-from linebridge.bbdm.losses import edge_weighted_l1, lpips_loss
+from linebridge.bbdm.losses import LPIPS_LOSS_NET, edge_weighted_l1, lpips_loss
 from linebridge.bbdm.sampling import build_bridge, colorize
 from linebridge.bbdm.unet import build_model, use_channels_last
 from linebridge.config import Config, UserError
 from linebridge.data.batches import batches, collate, reference_for, validation_rng
-from linebridge.runs import EpochCallback, NanWatch, Paths, TrainingRun, limited
+from linebridge.pretrained import load_lpips
+from linebridge.runs import EpochCallback, NanWatch, Paths, TrainingRun, limited, save_sample_grid
 
 
 class EMA:
@@ -141,8 +142,6 @@ def sample_grid(
     steps: int = 20,
 ) -> Path:
     """PNG grid, one row per item: line art | reference | sample | ground truth."""
-    from torchvision.utils import save_image
-
     net.eval()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg["seed"])
@@ -150,10 +149,7 @@ def sample_grid(
         ref = reference_for(batch["GT"], cfg)
     line = batch["lineart"]
     fake = colorize(net, bridge, line, ref, steps, seed=cfg["seed"])
-    rows = torch.stack([line.expand(-1, 3, -1, -1), ref, fake, batch["GT"]], dim=1).flatten(0, 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image((rows + 1) / 2, path, nrow=4, padding=1)
-    return path
+    return save_sample_grid(path, line, ref, fake, batch["GT"])
 
 
 def train(
@@ -180,6 +176,8 @@ def train(
         raise UserError(
             f"train.batch_size={tc['batch_size']} (the global batch) must divide by the {ddp.world} processes"
         )
+    if cfg["loss"]["lambda_lpips"] > 0:  # fail before any work when its weights are not on disk
+        load_lpips(LPIPS_LOSS_NET)
     torch.manual_seed(cfg["seed"])
     train_set = limited(build_dataset(cfg, "train"), tc["max_train_images"])
     val_set = limited(build_dataset(cfg, "val"), tc["max_val_images"])

@@ -1,4 +1,4 @@
-"""The dual-stream U-Net (SPEC §4): line art by concatenation, reference by cross-attention.
+"""The dual-stream U-Net: line art by concatenation, reference by cross-attention.
 
     x_t ─┐
          ├─ concat ─ U-Net (ResBlocks + time embedding, self-attention at `attention_sizes`)
@@ -8,7 +8,8 @@
 Variants, chosen by `model.reference`: `cross_attention` (A1–A3), `none` (A0: no
 reference at all), `concat` (A4: the reference is 3 more input channels, no cross-attention).
 `attention_sizes` are feature-map sizes in pixels (BBDM's `attention_resolutions`
-are downsample factors — a different meaning under a similar name).
+are downsample factors — a different meaning under a similar name). How the network
+differs from BBDM's: docs/deviations.md.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class SpatialAttention(nn.Module):
 
 
 class ColourCrossAttention(nn.Module):
-    """Seed §4.2: Q from U-Net features, K/V from reference tokens, output projection, residual add."""
+    """The colour injection: Q from U-Net features, K/V from reference tokens, output projection, residual add."""
 
     def __init__(self, channels: int, context_dim: int, heads: int, dim_head: int) -> None:
         super().__init__()
@@ -125,7 +126,7 @@ class ColourCrossAttention(nn.Module):
 
 
 class ReferenceEncoder(nn.Module):
-    """Seed §4.1: four stride-2 3×3 convs 3→64→128→256→feature_dim, each GroupNorm(8) + SiLU."""
+    """Reference-image encoder: four stride-2 3×3 convs 3→64→128→256→feature_dim, each GroupNorm(8) + SiLU."""
 
     def __init__(self, feature_dim: int, widths: tuple[int, ...] = (64, 128, 256)) -> None:
         super().__init__()
@@ -318,16 +319,9 @@ def model_info(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--experiment", required=True, help="experiment id: A0..A4 (experiments/ID.yaml)")
-    parser.add_argument("--profile", default=None, help="params.yaml profile, e.g. 'paper' (default: the CPU profile)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a param, e.g. model.model_channels=64",
-    )
+    from linebridge.config import add_config_arguments
+
+    add_config_arguments(parser, experiment=True)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Reference making on batched tensors (SPEC §2.3), on whatever device the batch lives on.
+"""Reference making on batched tensors, on whatever device the batch lives on.
 
 The training reference is the target after a thin-plate-spline warp and a colour
 jitter, so the model must find colours by meaning rather than copy them pixel for

@@ -3,7 +3,7 @@
 The batch order of an epoch depends only on (seed, epoch), and validation draws its
 timesteps, noise and references under a fixed seed, so runs, resumes and loss curves are
 comparable. `reference_for` is the training reference: the target, TPS-warped and
-colour-jittered (augment.py).
+colour-jittered (`data.augment`).
 """
 
 from __future__ import annotations

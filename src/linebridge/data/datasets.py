@@ -1,4 +1,4 @@
-"""PyTorch datasets (SPEC §2): prepared OpenMoji, the fixed test protocols, and your own folders.
+"""PyTorch datasets: prepared OpenMoji, the fixed test protocols, and your own folders.
 
 Every item is a dict of float32 tensors in [-1, 1] plus the item's `id` (str):
 
@@ -146,7 +146,7 @@ def xdog(gray: Tensor, sigma: float, k: float = 4.5, p: float = 19.0, eps: float
 
 
 def find_edges(image: Image.Image) -> Image.Image:
-    """The seed's extractor: PIL FIND_EDGES on luminance, inverted (thin grey lines on white)."""
+    """The simplest extractor: PIL FIND_EDGES on luminance, inverted (thin grey lines on white)."""
     return ImageOps.invert(image.convert("L").filter(ImageFilter.FIND_EDGES))
 
 
@@ -209,7 +209,7 @@ class PreparedOpenMoji(_InMemory):
 
 
 class ProtocolDataset(_InMemory):
-    """The fixed test items of one protocol of SPEC §6.2: self | cross_gt | cross_random.
+    """The fixed test items of one test protocol: self | cross_gt | cross_random.
 
     Items also carry `ref_id` (the emoji the reference was made from) and `mask`
     [1,H,W] float 0/1: the tone region for cross_gt (where ΔE is measured), all ones
@@ -255,7 +255,7 @@ class ColourFolder(Dataset):
     p = 19, ε = 0.01, φ = 1e9 and σ from {0.3, 0.4, 0.5}: drawn afresh from the global
     torch RNG at every access in the train split (a line-width augmentation), fixed
     per image in val/test (chosen by a hash of `seed` and the file name).
-    `extractor="find_edges"`: the seed's PIL FIND_EDGES + invert, a second, unseen line
+    `extractor="find_edges"`: PIL FIND_EDGES + invert (`find_edges`), a second, unseen line
     style for generalisation tests.  The split is by a hash of the path relative to
     `root`, in `fractions`.  Headers are checked here; pixel data when an item is read.
     """

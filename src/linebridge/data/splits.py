@@ -12,6 +12,7 @@ from linebridge.config import ConfigError
 
 SPLITS = ("train", "val", "test")
 PROTOCOLS = ("self", "cross_gt", "cross_random")
+GRID_ITEMS = 8  # items a sample grid shows, spread over the evaluated set
 
 
 def key_fraction(key: str) -> float:

@@ -1,4 +1,4 @@
-"""Evaluate one model on the fixed test protocols (SPEC §6.2) and write honest numbers.
+"""Evaluate one model on the fixed test protocols and write honest numbers.
 
 For each protocol — `self` (reference = fixed TPS-warped ground truth), `cross_gt`
 (a different emoji in the same skin tone; ΔE on the tone region says whether colour
@@ -23,15 +23,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from linebridge.config import load_config, repo_root
+from linebridge.config import add_config_arguments, load_config, repo_root
 from linebridge.data.datasets import ProtocolDataset
-from linebridge.data.splits import PROTOCOLS, spread
+from linebridge.data.splits import GRID_ITEMS, PROTOCOLS, spread
 from linebridge.evaluation import metrics as M
 from linebridge.evaluation.stats import bootstrap_ci
-from linebridge.io import write_json
+from linebridge.io import write_atomic, write_json
+from linebridge.runs import save_sample_grid
 
 TRIVIAL = ("copy-lineart", "copy-reference")
-GRID_ITEMS = 8
 PSNR_CAP = 60.0  # dB: an output identical to its ground truth (e.g. copy-lineart on a black symbol) would be +inf
 PAIRED = ("psnr", "ssim", "lpips", "edge_iou", "delta_e", "delta_e_tone")
 
@@ -87,18 +87,20 @@ def write_csv(path: Path, ids: list[str], per_image: dict[str, Any]) -> None:
     w.writerow(["id", *cols])
     for i, item in enumerate(ids):
         w.writerow([item, *(f"{per_image[c][i].item():.6g}" for c in cols)])
-    path.write_text(buf.getvalue())
+    write_atomic(path, buf.getvalue())
 
 
 def save_grid(path: Path, data: dict[str, Any], fake: Tensor, n: int = 16) -> None:
     """line art | reference | output | ground truth, one row per item, items spread over the set."""
-    from torchvision.utils import save_image
-
     k = spread(fake.shape[0], n)
-    rows = torch.stack([data["lineart"][k].expand(-1, 3, -1, -1), data["ref"][k], fake[k], data["GT"][k]], 1).flatten(
-        0, 1
-    )
-    save_image((rows + 1) / 2, path, nrow=4, padding=1)
+    save_sample_grid(path, data["lineart"][k], data["ref"][k], fake[k], data["GT"][k])
+
+
+def shown_path(checkpoint: Path | None) -> str | None:
+    """A checkpoint path as the results record it: relative to the repo root, so they do not depend on the clone."""
+    if checkpoint is None:
+        return None
+    return str(checkpoint.relative_to(repo_root())) if checkpoint.is_relative_to(repo_root()) else str(checkpoint)
 
 
 def generate(name: str, data: dict[str, Any], colorizer, seed: int) -> Tensor:
@@ -124,14 +126,13 @@ def evaluate(
     from linebridge.evaluation.metrics import EDGE_IOU_DEFINITION
     from linebridge.inference import load_colorizer
 
-    ec, bc = cfg["eval"], cfg["bridge"]
-    steps = steps or ec["sample_step"]
-    eta = bc["eta"] if eta is None else eta
-    colorizer = None
+    ec = cfg["eval"]
+    steps = ec["sample_step"] if steps is None else steps
+    eta = ec["eta"] if eta is None else eta
+    colorizer, sampled = None, False  # sampled: a BBDM model, whose sampler settings and weights are recorded
     if name not in TRIVIAL:
         colorizer, model_cfg = load_colorizer(checkpoint, weights, steps, eta, deterministic)
-        if model_cfg["model"]["family"] != "bbdm":
-            steps = None
+        sampled = model_cfg["model"]["family"] == "bbdm"
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {}
     for protocol in protocols:
@@ -142,14 +143,12 @@ def evaluate(
         per_image = per_image_metrics(fake, data, protocol)
         result = {
             "model": name,
-            "checkpoint": str(checkpoint.relative_to(repo_root()))
-            if checkpoint and checkpoint.is_relative_to(repo_root())
-            else (str(checkpoint) if checkpoint else None),
-            "weights": weights if colorizer is not None and steps else None,  # GANs keep no EMA
+            "checkpoint": shown_path(checkpoint),
+            "weights": weights if sampled else None,  # GANs keep no EMA
             "protocol": protocol,
-            "sampler": None
-            if not steps or colorizer is None
-            else {"steps": steps, "eta": eta, "deterministic": deterministic, "seed": cfg["seed"]},
+            "sampler": {"steps": steps, "eta": eta, "deterministic": deterministic, "seed": cfg["seed"]}
+            if sampled
+            else None,
             "n_images": len(data["id"]),
             "metrics": summarise(per_image, set_metrics(fake, data["GT"]), cfg["seed"]),
             "edge_iou_definition": EDGE_IOU_DEFINITION,
@@ -165,7 +164,10 @@ def evaluate(
 
 
 def save_outputs(path: Path, fake: Tensor, n: int = GRID_ITEMS) -> None:
-    """The outputs of items `spread(len(fake), n)` side by side, no padding: the report's cross-model grid reads them back."""
+    """The outputs of items `spread(len(fake), n)` side by side, no padding.
+
+    The report's cross-model grid reads them back.
+    """
     from torchvision.utils import save_image
 
     k = spread(fake.shape[0], n)
@@ -207,7 +209,7 @@ def sweep(checkpoint: Path, cfg: dict[str, Any], out_path: Path) -> list[dict[st
                 flush=True,
             )
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out_path, {"checkpoint": str(checkpoint), "protocol": "self", "rows": rows})
+    write_json(out_path, {"checkpoint": shown_path(checkpoint), "protocol": "self", "rows": rows})
     return rows
 
 
@@ -215,10 +217,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--experiment", required=True, help=f"experiment id (A0..A4) or a trivial model: {', '.join(TRIVIAL)}"
     )
-    parser.add_argument("--profile", default=None, help="params.yaml profile")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a param"
-    )
+    add_config_arguments(parser)
     parser.add_argument("--checkpoint", default=None, help="checkpoint (default outputs/train/ID/best.pt)")
     parser.add_argument("--weights", choices=["ema", "raw"], default="ema", help="EMA (default) or raw weights")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default eval.sample_step)")

@@ -1,4 +1,4 @@
-"""Image-quality metrics of SPEC §6.1 on batches in [-1, 1] ([B, 3, H, W] float tensors).
+"""The study's image-quality metrics, on batches in [-1, 1] ([B, 3, H, W] float tensors).
 
 Paired metrics (PSNR, SSIM, LPIPS, Edge IoU, colour error) return one value per image
 (Tensor[B]) so the evaluation can bootstrap over test images; distribution metrics

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from linebridge.config import load_config, repo_root
-from linebridge.data.splits import PROTOCOLS, spread
+from linebridge.data.splits import GRID_ITEMS, PROTOCOLS, spread
 from linebridge.evaluation.stats import paired_bootstrap
 from linebridge.io import write_atomic
 from linebridge.tracking import git_commit
@@ -51,7 +51,10 @@ COLUMNS = {
 PROTOCOL_TITLES = {
     "self": "Self-reference (reference = fixed TPS-warped ground truth)",
     "cross_gt": "Cross-reference with ground truth (reference = another test emoji in the same skin tone)",
-    "cross_random": "Cross-reference, random (no ground truth: distribution metrics and Edge IoU against the line art's own colour image)",
+    "cross_random": (
+        "Cross-reference, random (no ground truth: distribution metrics and Edge IoU against the line art's own "
+        "colour image)"
+    ),
 }
 CHAIN = [
     ("A0", "A1", "reference cross-attention"),
@@ -142,14 +145,15 @@ def gains(root: Path) -> list[str]:
                 sig = "yes" if r["p_value"] < 0.05 else "no"
                 verdict = f"{sig} ({'better' if better else 'worse'})" if sig == "yes" else "no"
                 lines.append(
-                    f"| {old}→{new} ({what}) | {protocol} | {LABELS[metric]} | {r['mean_diff']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] "
+                    f"| {old}→{new} ({what}) | {protocol} | {LABELS[metric]} "
+                    f"| {r['mean_diff']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] "
                     f"| {r['p_value']:.3g} | {r['n']} | {verdict} |"
                 )
     return lines
 
 
 def truth_checks(root: Path) -> list[str]:
-    """The issue's 'real learning' checks, stated plainly whichever way they come out."""
+    """The 'does it learn?' checks (A3 against A0 and the trivial outputs), stated plainly either way."""
 
     def mean(model: str, protocol: str, metric: str) -> float | None:
         res = read_json(root / "metrics" / "eval" / model / f"{protocol}.json")
@@ -160,8 +164,9 @@ def truth_checks(root: Path) -> list[str]:
     a3, a0 = mean("A3", "cross_gt", "delta_e_tone"), mean("A0", "cross_gt", "delta_e_tone")
     if a3 is not None and a0 is not None:
         out.append(
-            f"- Cross-reference colour transfer: A3 tone-region ΔE00 {a3:.2f} vs A0 {a0:.2f} → "
-            f"**{'A3 lower (transfers colour)' if a3 < a0 else 'A3 NOT lower: the reference is not transferring colour'}**."
+            f"- Cross-reference colour transfer: A3 tone-region ΔE00 {a3:.2f} vs A0 {a0:.2f} → **"
+            f"{'A3 lower (transfers colour)' if a3 < a0 else 'A3 NOT lower: the reference is not transferring colour'}"
+            "**."
         )
     for metric in ("psnr", "ssim"):
         a3v = mean("A3", "self", metric)
@@ -171,7 +176,8 @@ def truth_checks(root: Path) -> list[str]:
         beats = all(a3v > v for v in trivial.values())
         out.append(
             f"- Self-reference {LABELS[metric]}: A3 {a3v:.3f} vs line art {trivial['copy-lineart']:.3f}, "
-            f"copied reference {trivial['copy-reference']:.3f} → **{'A3 beats both' if beats else 'A3 does NOT beat both trivial outputs'}**."
+            f"copied reference {trivial['copy-reference']:.3f} → "
+            f"**{'A3 beats both' if beats else 'A3 does NOT beat both trivial outputs'}**."
         )
     return out or ["- not available: the evaluations of A0, A3 and the trivial outputs have not run."]
 
@@ -187,7 +193,8 @@ def training_table(root: Path, models: list[str]) -> list[str]:
             lines.append(f"| {m} | not run | | | | | | |")
             continue
         lines.append(
-            f"| {m} | {s['epochs_run']} | {s['steps']} | {s['best_epoch']} | {s['best_val_loss']:.4f} | {s['stopped_early']} "
+            f"| {m} | {s['epochs_run']} | {s['steps']} | {s['best_epoch']} | {s['best_val_loss']:.4f} "
+            f"| {s['stopped_early']} "
             f"| {s['train_images']} | {s['wall_time_s'] / 60:.1f} min |"
         )
     return lines + [
@@ -208,14 +215,15 @@ def sweep_table(root: Path) -> list[str]:
     for r in s["rows"]:
         m = r["metrics"]
         lines.append(
-            f"| {r['steps']} | {r['sampler']} | {r['seconds_per_image']:.3f} | {fmt(m['psnr'], 'psnr')} | {fmt(m['ssim'], 'ssim')} "
+            f"| {r['steps']} | {r['sampler']} | {r['seconds_per_image']:.3f} "
+            f"| {fmt(m['psnr'], 'psnr')} | {fmt(m['ssim'], 'ssim')} "
             f"| {fmt(m['delta_e'], 'delta_e')} | {fmt(m['edge_iou'], 'edge_iou')} | {r['n_images']} |"
         )
     return lines + [
         "",
         f"A3 (EMA) on the first {s['rows'][0]['n_images']} self-reference items. 'eta=1' is BBDM's ancestral sampler; "
-        "'deterministic' is the DDIM-style ODE (σ → 0 inside the square root as well). Seconds are wall time on this machine, "
-        "which varies with its load.",
+        "'deterministic' is the DDIM-style ODE (σ → 0 inside the square root as well). "
+        "Seconds are wall time on this machine, which varies with its load.",
     ]
 
 
@@ -229,7 +237,8 @@ def ema_table(root: Path) -> list[str]:
                 continue
             m = res["metrics"]
             lines.append(
-                f"| {label} | {protocol} | {fmt(m['psnr'], 'psnr')} | {fmt(m['ssim'], 'ssim')} | {fmt(m['delta_e'], 'delta_e')} | {fmt(m['edge_iou'], 'edge_iou')} |"
+                f"| {label} | {protocol} | {fmt(m['psnr'], 'psnr')} | {fmt(m['ssim'], 'ssim')} "
+                f"| {fmt(m['delta_e'], 'delta_e')} | {fmt(m['edge_iou'], 'edge_iou')} |"
             )
     return lines
 
@@ -263,8 +272,8 @@ def figures(root: Path, models: list[str], prepared: Path) -> None:
     fig_dir.mkdir(parents=True, exist_ok=True)
     plt.rcParams["svg.hashsalt"] = "linebridge"
 
-    # sample grid: rows = items (spread over the evaluated set, as evaluate saved them), columns = line art | reference | models | GT
-    from linebridge.evaluation.evaluate import GRID_ITEMS
+    # sample grid: rows = items (spread over the evaluated set, as evaluate saved them),
+    # columns = line art | reference | models | GT
 
     panels = []
     for protocol in ("self", "cross_gt"):
@@ -359,9 +368,12 @@ def build_report(root: Path) -> str:
         "# linebridge — ablation report",
         "",
         "Written by the `report` stage of `dvc repro` (`make repro`) from files the other stages wrote; "
-        f"code at commit `{git_commit(root, short=True)}` (the commit before the one that records these results), profile `{cfg['profile']}` "
-        f"(CPU: {cfg['data']['image_size']}² images, U-Net {cfg['model']['model_channels']} channels × {cfg['model']['channel_mult']}, "
-        f"batch {cfg['train']['batch_size']}, {cfg['train']['epochs']} epochs max). Configuration: `params.yaml` + `experiments/ID.yaml`; "
+        f"code at commit `{git_commit(root, short=True)}` (the commit before the one that records these results), "
+        f"profile `{cfg['profile']}` "
+        f"({cfg['data']['image_size']}² images, "
+        f"U-Net {cfg['model']['model_channels']} channels × {cfg['model']['channel_mult']}, "
+        f"batch {cfg['train']['batch_size']}, {cfg['train']['epochs']} epochs max). "
+        "Configuration: `params.yaml` + `experiments/ID.yaml`; "
         "the resolved configuration of every run is logged in MLflow (`mlflow ui --backend-store-uri sqlite:///mlflow.db`).",
         "",
         f"**Data**: OpenMoji line art / colour pairs at {info.get('image_size', '?')}², split by base emoji: "
@@ -369,8 +381,8 @@ def build_report(root: Path) -> str:
         + ". Test protocols: "
         + ", ".join(f"{k} {v}" for k, v in sorted(info.get("protocols", {}).items()))
         + f" items; evaluated on the first {cfg['eval']['max_images'] or 'all'} of each. "
-        f"**Seeds**: one training seed ({cfg['seed']}) per model; sampling seed {cfg['seed']}. Intervals are over test images only, "
-        "not over training seeds, so they understate run-to-run variation.",
+        f"**Seeds**: one training seed ({cfg['seed']}) per model; sampling seed {cfg['seed']}. "
+        "Intervals are over test images only, not over training seeds, so they understate run-to-run variation.",
         "",
         "## Does it learn? (checked automatically)",
         "",
@@ -378,10 +390,12 @@ def build_report(root: Path) -> str:
         "",
         "## Ablation table",
         "",
-        "A0 = original BBDM (line art only); A1 = + reference cross-attention; A2 = + edge-aware loss; A3 = + TPS references "
-        "(full method); A4 = A3 with the reference concatenated. Pix2Pix sees only the line art; SCFT uses the reference. "
-        "`copy-lineart` / `copy-reference` are trivial outputs that calibrate the scale. ControlNet: **not run** — it needs Stable "
-        "Diffusion + ControlNet weights and a GPU, neither of which this machine has.",
+        "A0 = original BBDM (line art only); A1 = + reference cross-attention; A2 = + edge-aware loss; "
+        "A3 = + TPS references (full method); A4 = A3 with the reference concatenated. "
+        "Pix2Pix sees only the line art; SCFT uses the reference. "
+        "`copy-lineart` / `copy-reference` are trivial outputs that calibrate the scale. "
+        "ControlNet: **not run** — it needs Stable Diffusion + ControlNet weights and a GPU, "
+        "neither of which this machine has.",
         "",
         *tables,
     ]
@@ -392,8 +406,9 @@ def build_report(root: Path) -> str:
     lines += [
         f"**Edge IoU**: {EDGE_IOU_DEFINITION}",
         "",
-        "**ΔE00**: mean CIEDE2000 colour difference per image (CIELAB via kornia, D65); *tone* = only the pixels where the skin-tone "
-        "variants of the emoji differ (the region a reference's skin colour should reach).",
+        "**ΔE00**: mean CIEDE2000 colour difference per image (CIELAB via kornia, D65); "
+        "*tone* = only the pixels where the skin-tone variants of the emoji differ "
+        "(the region a reference's skin colour should reach).",
         "",
         "## Gain of each module (paired bootstrap over the same test images)",
         "",
@@ -421,8 +436,9 @@ def build_report(root: Path) -> str:
         "",
         "![samples](figures/samples.png)",
         "",
-        "Rows: the first 8 items of the self-reference and cross-reference-with-ground-truth protocols; columns: line art, "
-        "reference, each model's output, ground truth.",
+        f"Rows: {GRID_ITEMS} items spread evenly over each of the self-reference and cross-reference-with-ground-truth "
+        "protocols; "
+        "columns: line art, reference, each model's output, ground truth.",
         "",
         "![metric bars](figures/metric_bars.png)",
         "",
@@ -436,7 +452,8 @@ def build_report(root: Path) -> str:
         "## Attribution",
         "",
         "All emojis designed by OpenMoji – the open-source emoji and icon project. License: CC BY-SA 4.0 "
-        "(https://openmoji.org). The rendered line art, colour images and references derived from them are shared under the same licence.",
+        "(https://openmoji.org). "
+        "The rendered line art, colour images and references derived from them are shared under the same licence.",
         "",
     ]
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Confidence intervals and paired tests over per-image metric values (SPEC §6.2).
+"""Confidence intervals and paired tests over per-image metric values of the test protocols.
 
 Every test image is one observation; NaN values (e.g. ΔE on an image with an empty
 tone region) are dropped and the number actually used is returned as `n`.

@@ -1,0 +1,217 @@
+"""The types, ranges and choices of every setting, checked before any work starts.
+
+`problems(cfg)` validates a resolved configuration (params.yaml → profile → experiment →
+--set) and returns one line per bad value, naming its dotted key: a typo'd `--set
+model.model_channels=abc` stops with that key named instead of a traceback deep in torch.
+The configuration itself is left as written (validation only, strict types: "8" is not 8).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
+Norm = Literal["batch", "instance"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class Data(Section):
+    dataset: Literal["openmoji", "folder", "pairs"]
+    raw_dir: str
+    prepared_dir: str
+    limit_groups: NonNegInt
+    image_size: Annotated[int, Field(ge=8)]
+    split_fractions: Annotated[list[NonNegFloat], Field(min_length=3, max_length=3)]
+    extractor: Literal["xdog", "find_edges"]
+    folder_root: str
+    pair_layout: Literal["separate", "side_by_side"]
+
+
+class Jitter(Section):
+    brightness: NonNegFloat
+    contrast: NonNegFloat
+    saturation: NonNegFloat
+    hue: Annotated[float, Field(ge=0, le=0.5, allow_inf_nan=False)]
+
+
+class Augment(Section):
+    use_tps: bool
+    tps_scale: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+    jitter: Jitter
+
+
+class Bridge(Section):
+    num_timesteps: Annotated[int, Field(ge=2)]
+    max_var: PosFloat
+    objective: Literal["grad", "noise", "ysubx"]
+
+
+class Model(Section):
+    family: Literal["bbdm", "pix2pix", "scft"]
+    reference: Literal["none", "cross_attention", "concat"]
+    model_channels: PosInt
+    channel_mult: Annotated[list[PosInt], Field(min_length=1)]
+    num_res_blocks: PosInt
+    attention_sizes: list[PosInt]
+    dropout: Fraction
+    context_dim: PosInt
+    heads: PosInt
+    dim_head: PosInt
+    use_spatial_transformer: bool
+
+
+class Loss(Section):
+    lambda_edge: NonNegFloat
+    edge_weight: NonNegFloat
+    edge_threshold: Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False)]
+    edge_target: Literal["objective", "reconstruction"]
+    lambda_lpips: NonNegFloat
+
+
+class Train(Section):
+    batch_size: PosInt
+    epochs: PosInt
+    lr: PosFloat
+    weight_decay: NonNegFloat
+    betas: Annotated[list[Fraction], Field(min_length=2, max_length=2)]
+    eta_min: NonNegFloat
+    grad_clip: PosFloat
+    ema_rate: Fraction
+    ema_start: NonNegInt
+    patience: PosInt
+    min_delta: NonNegFloat
+    val_timesteps: PosInt
+    checkpoint_every: PosInt
+    sample_every: PosInt
+    max_train_images: NonNegInt
+    max_val_images: NonNegInt
+
+
+class Perf(Section):
+    channels_last: bool
+    fused_adamw: bool
+    compile: bool
+
+
+class Eval(Section):
+    sample_step: Annotated[int, Field(ge=2)]
+    eta: NonNegFloat
+    max_images: NonNegInt
+    sweep_steps: Annotated[list[Annotated[int, Field(ge=2)]], Field(min_length=1)]
+    sweep_images: PosInt
+
+
+class Tune(Section):
+    space: dict[str, dict[str, Annotated[list[float], Field(min_length=2, max_length=2)]]]
+    trials: PosInt
+    workers: PosInt
+    seed: NonNegInt
+    n_startup_trials: NonNegInt
+    epochs: PosInt
+    max_train_images: NonNegInt
+    pruner_startup_trials: NonNegInt
+    pruner_first_epoch: NonNegInt
+    max_failed: PosInt
+    heartbeat_interval: PosInt
+    storage: str
+    best_params: str
+
+
+class GanCommon(Section):
+    epochs: PosInt
+    ndf: PosInt
+    n_layers_d: PosInt
+    norm: Norm
+    lambda_l1: NonNegFloat
+    lambda_adv: NonNegFloat
+    lr: PosFloat
+    lr_d: PosFloat
+    betas: Annotated[list[Fraction], Field(min_length=2, max_length=2)]
+
+
+class Pix2Pix(GanCommon):
+    ngf: PosInt
+    dropout_layers: NonNegInt
+
+
+class SCFT(GanCommon):
+    base_channels: PosInt
+    levels: PosInt
+    res_blocks: NonNegInt
+    lambda_perc: NonNegFloat
+    lambda_style: NonNegFloat
+    vgg_weights_dir: str
+
+
+class ControlNet(Section):
+    weights_dir: str
+    prompt: str
+    negative_prompt: str
+    steps: PosInt
+    guidance_scale: NonNegFloat
+    resolution: Annotated[int, Field(ge=64)]
+    batch_size: PosInt
+
+
+class Baselines(Section):
+    pix2pix: Pix2Pix
+    scft: SCFT
+    controlnet: ControlNet
+
+
+class Params(Section):
+    seed: NonNegInt
+    data: Data
+    augment: Augment
+    bridge: Bridge
+    model: Model
+    loss: Loss
+    train: Train
+    perf: Perf
+    eval: Eval
+    tune: Tune
+    baselines: Baselines
+    experiment: str
+    profile: str
+    description: str
+
+    @model_validator(mode="after")
+    def consistent(self) -> Params:
+        """Settings valid alone but not together."""
+        T = self.bridge.num_timesteps
+        for key, steps in [("eval.sample_step", [self.eval.sample_step]), ("eval.sweep_steps", self.eval.sweep_steps)]:
+            if any(s > T for s in steps):
+                raise ValueError(f"{key}={steps if len(steps) > 1 else steps[0]}: at most bridge.num_timesteps={T}")
+        down = 2 ** (len(self.model.channel_mult) - 1)
+        if self.model.family == "bbdm" and self.data.image_size % down:
+            raise ValueError(
+                f"data.image_size={self.data.image_size} must divide by {down} (2^(len(model.channel_mult) - 1))"
+            )
+        return self
+
+
+def problems(cfg: dict[str, Any]) -> list[str]:
+    """One line per invalid setting, `key: message (got value)`; empty when the config is valid."""
+    try:
+        Params.model_validate(cfg)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            key = ".".join(str(part) for part in e["loc"])
+            if e["type"] == "extra_forbidden":
+                lines.append(f"{key}: unknown key")
+            elif key:
+                lines.append(f"{key}: {e['msg']} (got {e['input']!r})")
+            else:
+                lines.append(e["msg"].removeprefix("Value error, "))
+        return lines
+    return []

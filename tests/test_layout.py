@@ -1,0 +1,73 @@
+"""The code's shape: import layers, lint, and DVC stages that depend on all the code they run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import grimp
+import pytest
+import yaml
+
+from linebridge.cli import COMMANDS
+from linebridge.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src"
+TRAINERS = {"bbdm": "linebridge.bbdm.train", "pix2pix": "linebridge.baselines.gan", "scft": "linebridge.baselines.gan"}
+
+
+def module_file(module: str) -> Path:
+    path = SRC / Path(*module.split("."))
+    return (path / "__init__.py") if path.is_dir() else path.with_suffix(".py")
+
+
+def command_module(cmd: str, item: str | None) -> str:
+    """The module whose code a stage's `linebridge COMMAND …` runs (train: the family's trainer)."""
+    words = cmd.replace("${item}", item or "").split()
+    assert words[0] == "linebridge", cmd
+    if words[1] == "train":
+        experiment = words[words.index("--experiment") + 1]
+        return TRAINERS[load_config(experiment, None, [], root=REPO)["model"]["family"]]
+    return dict((name, module) for name, module, _ in COMMANDS)[words[1]]
+
+
+def stages() -> list[tuple[str, str, list[str], str | None]]:
+    """(stage name, cmd, deps, one foreach item) for every stage of dvc.yaml."""
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    out = []
+    for name, stage in spec["stages"].items():
+        body = stage.get("do", stage)
+        items = [None]
+        if "foreach" in stage:
+            key = stage["foreach"].strip("${} ").split(".")
+            items = params[key[0]][key[1]]
+        for item in items:
+            out.append((f"{name}@{item}" if item else name, body["cmd"], body.get("deps", []), item))
+    return out
+
+
+@pytest.mark.parametrize("stage", stages(), ids=lambda s: s[0])
+def test_stage_deps_cover_the_modules_its_command_imports(stage):
+    name, cmd, deps, item = stage
+    graph = grimp.build_graph("linebridge")  # every import, including those inside functions
+    module = command_module(cmd, item)
+    needed = {module, *graph.find_upstream_modules(module)} - {"linebridge"}
+    covered = [REPO / d.replace("${item}", item or "") for d in deps]
+    missing = sorted(m for m in needed if not any(module_file(m) == c or c in module_file(m).parents for c in covered))
+    assert not missing, f"stage {name} runs code it does not depend on: {missing}"
+
+
+def test_import_layers_and_no_cycles():
+    """import-linter's contracts in pyproject.toml: layers point one way, siblings import no cycle."""
+    proc = subprocess.run([str(Path(sys.executable).parent / "lint-imports")], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def test_ruff_lint_and_format():
+    ruff = str(Path(sys.executable).parent / "ruff")
+    for args in (["check"], ["format", "--check"]):
+        proc = subprocess.run([ruff, *args, "src", "tests", "benchmarks"], cwd=REPO, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-3000:]
