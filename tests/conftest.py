@@ -1,17 +1,29 @@
-"""Shared fixtures: a real, tiny study root (OpenMoji subset prepared at the `tiny` profile)."""
+"""Shared fixtures: a real, tiny study root (OpenMoji subset prepared at the `tiny` profile) and helpers."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
+QUIET_TOOLS = {"MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+@pytest.fixture(scope="session", autouse=True)
+def quiet_tools() -> Iterator[None]:
+    """No telemetry from MLflow or DVC during the tests (a value the developer set is kept); undone at the end."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in QUIET_TOOLS.items():
+            if name not in os.environ:
+                mp.setenv(name, value)
+        yield
 
 
 def make_root(folder: Path) -> Path:
@@ -20,6 +32,45 @@ def make_root(folder: Path) -> Path:
     shutil.copy(REPO / "params.yaml", folder / "params.yaml")
     shutil.copytree(REPO / "experiments", folder / "experiments", dirs_exist_ok=True)
     return folder
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _same_state(a: Any, b: Any) -> bool:
+    """Exact equality of two checkpoint trees (tensors bit for bit, values by ==)."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    return a == b
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    """The repository root (params.yaml, experiments/, src/)."""
+    return REPO
+
+
+@pytest.fixture
+def study_root(tmp_path) -> Path:
+    """A fresh, empty study root (params.yaml and experiments/ only) under this test's tmp_path."""
+    return make_root(tmp_path / "root")
+
+
+@pytest.fixture(scope="session")
+def sha() -> Callable[[Path], str]:
+    """`sha(path)`: the SHA-256 of a file's bytes."""
+    return _sha
+
+
+@pytest.fixture(scope="session")
+def same_state() -> Callable[[Any, Any], bool]:
+    """`same_state(a, b)`: exact equality of two checkpoint trees."""
+    return _same_state
 
 
 @pytest.fixture(scope="session")

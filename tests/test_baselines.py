@@ -1,4 +1,4 @@
-"""GAN baselines (Pix2Pix, SCFT): the training contract of train.py, inference, architecture facts, ControlNet status."""
+"""GAN baselines (Pix2Pix, SCFT): train.py's training contract, inference, architecture facts, ControlNet status."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from linebridge.baselines import controlnet, gan, pix2pix, scft
 from linebridge.cli import main as cli_main
 from linebridge.config import UserError, load_config
 from linebridge.runs import Paths, TrainingDiverged
-from test_train import same_state, sha  # checkpoint comparison helpers shared with the BBDM tests
 
 FAMILIES = ("pix2pix", "scft")  # the tiny profile trains each for 2 epochs of 4 steps
 
@@ -38,7 +37,7 @@ def reference_runs(tiny_study, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_run_outputs_and_same_seed_same_bytes(family, in_study, reference_runs, tmp_path):
+def test_run_outputs_and_same_seed_same_bytes(family, in_study, reference_runs, tmp_path, sha):
     ref = reference_runs[family]
     state = checkpoint.load(ref / "last.pt", kind=checkpoint.GAN_KIND)
     assert {
@@ -61,7 +60,7 @@ def test_run_outputs_and_same_seed_same_bytes(family, in_study, reference_runs, 
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_resume_after_interrupt_gives_same_state(family, in_study, reference_runs, tmp_path):
+def test_resume_after_interrupt_gives_same_state(family, in_study, reference_runs, tmp_path, same_state):
     def stop_after_first_epoch(epoch: int, val_loss: float) -> None:
         raise KeyboardInterrupt
 
@@ -201,12 +200,18 @@ def test_controlnet_status_gives_the_reason_it_does_not_run(tmp_path):
     assert status["run"] is False and "baselines.controlnet.weights_dir" in status["reason"]
     cfg["baselines"]["controlnet"]["weights_dir"] = str(tmp_path)
     assert "stable-diffusion/model_index.json" in controlnet.controlnet_status(cfg)["reason"]
+
+
+def test_controlnet_status_without_cuda_names_the_gpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present, so ControlNet is not held back for want of a GPU")
+    cfg = load_config("scft", "tiny", [f"baselines.controlnet.weights_dir={tmp_path}"])
     (tmp_path / "stable-diffusion").mkdir()
     (tmp_path / "stable-diffusion" / "model_index.json").write_text("{}")
     (tmp_path / "controlnet").mkdir()
     (tmp_path / "controlnet" / "config.json").write_text("{}")
-    if not torch.cuda.is_available():
-        assert "GPU" in controlnet.controlnet_status(cfg)["reason"]
+    status = controlnet.controlnet_status(cfg)
+    assert status["run"] is False and "GPU" in status["reason"]
 
 
 def save_tiny_controlnet_weights(root: Path) -> None:

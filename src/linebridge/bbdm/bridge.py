@@ -1,6 +1,6 @@
-"""The Brownian bridge of BBDM (Li et al., CVPR 2023) — every equation of SPEC §3 lives here.
+"""The Brownian bridge of BBDM (Li et al., CVPR 2023): every equation of the method lives here.
 
-Convention (BBDM's code, not the seed's §3.2 notation): the colour image `target`
+Convention (BBDM's paper and code): the colour image `target`
 sits at index 0 (m ≈ 0) and the line art `source` (repeated to 3 channels) at
 index T−1 (m ≈ 1). The network is not part of this class: `sample` takes any
 `model_fn(x_t, t)`, so one network runs under several samplers.
@@ -47,19 +47,15 @@ class BrownianBridge(nn.Module):
         num_timesteps: int = 1000,
         max_var: float = 1.0,
         objective: str = "grad",
-        mt_type: str = "linear",
     ) -> None:
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-        if mt_type != "linear":
-            raise ValueError(f"mt_type must be 'linear' (the schedule SPEC §3 fixes), got {mt_type!r}")
         if num_timesteps < 2:
             raise ValueError(f"num_timesteps must be at least 2, got {num_timesteps}")
         self.num_timesteps = num_timesteps
         self.max_var = max_var
         self.objective = objective
-        self.mt_type = mt_type
         # Kept in float64 and cast on use, so float32 and float64 runs see the same schedule.
         m = torch.linspace(0.001, 0.999, num_timesteps, dtype=torch.float64)
         self.register_buffer("m", m, persistent=False)
