@@ -230,7 +230,7 @@ def save_tiny_controlnet_weights(root: Path) -> None:
         "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
     }
     unet = UNet2DConditionModel(**widths, **attn, sample_size=8, up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
-    controlnet = ControlNetModel(**widths, **attn, conditioning_embedding_out_channels=(4, 8))
+    net = ControlNetModel(**widths, **attn, conditioning_embedding_out_channels=(4, 8))
     vae = AutoencoderKL(
         **widths,
         down_block_types=("DownEncoderBlock2D",) * 2,
@@ -267,7 +267,7 @@ def save_tiny_controlnet_weights(root: Path) -> None:
         feature_extractor=None,
         requires_safety_checker=False,
     ).save_pretrained(root / controlnet.SD_DIR)
-    controlnet.save_pretrained(root / controlnet.CONTROLNET_DIR)
+    net.save_pretrained(root / controlnet.CONTROLNET_DIR)
 
 
 def test_controlnet_colorizer_runs_a_tiny_random_pipeline(tmp_path):

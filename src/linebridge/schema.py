@@ -158,7 +158,7 @@ class ControlNet(Section):
     negative_prompt: str
     steps: PosInt
     guidance_scale: NonNegFloat
-    resolution: Annotated[int, Field(ge=64)]
+    resolution: Annotated[int, Field(ge=8, multiple_of=8)]  # Stable Diffusion works on 8× latents
     batch_size: PosInt
 
 
