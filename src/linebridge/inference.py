@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from linebridge import checkpoint
-from linebridge.bridge import BrownianBridge
+from linebridge.bridge import BrownianBridge, StepCallback
 from linebridge.config import Config
 from linebridge.models import build_model
 
@@ -31,11 +31,13 @@ Colorizer = Callable[[Tensor, "Tensor | None", int], Tensor]
 
 
 def load_colorizer(path: Path, weights: str = "ema", steps: int | None = None, eta: float | None = None,
-                   deterministic: bool = False, device: torch.device | str = "cpu") -> tuple[Colorizer, Config]:
+                   deterministic: bool = False, device: torch.device | str = "cpu",
+                   callback: StepCallback | None = None) -> tuple[Colorizer, Config]:
     """`fn(lineart, ref, seed) -> colour` for any linebridge checkpoint (BBDM or a GAN baseline).
 
     For BBDM the sampler settings are bound here (None: the checkpoint's eval.sample_step
-    and bridge.eta); GAN baselines ignore them.
+    and bridge.eta), and so is `callback` (see `colorize`); GAN baselines ignore them all
+    (they have no sampler, so the callback is never called).
     """
     state = checkpoint.load(path, kind=None, map_location=device)
     kind = state.get("kind")
@@ -45,7 +47,8 @@ def load_colorizer(path: Path, weights: str = "ema", steps: int | None = None, e
         eta = cfg["bridge"]["eta"] if eta is None else eta
 
         def fn(lineart: Tensor, ref: Tensor | None, seed: int) -> Tensor:
-            return colorize(net, bridge, lineart, None if net.reference == "none" else ref, steps, eta, deterministic, seed)
+            return colorize(net, bridge, lineart, None if net.reference == "none" else ref, steps, eta, deterministic, seed,
+                            callback=callback)
 
         return fn, cfg
     if kind == checkpoint.GAN_KIND:
@@ -57,12 +60,14 @@ def load_colorizer(path: Path, weights: str = "ema", steps: int | None = None, e
 
 @torch.inference_mode()
 def colorize(net: nn.Module, bridge: BrownianBridge, lineart: Tensor, ref: Tensor | None, steps: int, eta: float = 1.0,
-             deterministic: bool = False, seed: int = 0, batch_size: int = 64, progress: bool = False) -> Tensor:
+             deterministic: bool = False, seed: int = 0, batch_size: int = 64, progress: bool = False,
+             callback: StepCallback | None = None) -> Tensor:
     """Colour images in [-1, 1] for line art [B,1,H,W] (and references [B,3,H,W]).
 
     The reference is encoded once per batch and reused at every sampler step. Noise comes
     from a generator seeded per batch (seed + batch index), so results do not depend on
-    how many batches ran before.
+    how many batches ran before. `callback(i, x̂)` is `BrownianBridge.sample`'s, called
+    for each batch in turn with that batch's predicted target (unclamped).
     """
     from tqdm.auto import tqdm
 
@@ -74,6 +79,6 @@ def colorize(net: nn.Module, bridge: BrownianBridge, lineart: Tensor, ref: Tenso
         ctx = net.encode_reference(r)
         gen = torch.Generator(line.device).manual_seed(seed + k)
         out = bridge.sample(lambda x, t: net(x, t, line, r, context=ctx), line.expand(-1, 3, -1, -1), steps,
-                            eta=eta, deterministic=deterministic, generator=gen)
+                            eta=eta, deterministic=deterministic, generator=gen, callback=callback)
         outs.append(out.clamp(-1, 1))
     return torch.cat(outs)
