@@ -19,6 +19,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("train", "linebridge.train", "train one experiment (A0-A4 or a baseline)"),
     ("evaluate", "linebridge.evaluate", "sample the fixed test protocols and compute metrics"),
     ("colorize", "linebridge.colorize", "colorize your own line art with a trained checkpoint"),
+    ("demo", "linebridge.demo", "try the checkpoints in the browser: upload or pick line art, watch the bridge's path"),
     ("tune", "linebridge.tune", "Optuna study of lambda_edge and TPS strength for the full method (A3)"),
     ("report", "linebridge.report", "write reports/ablation.md from the evaluated runs"),
     ("bench", "linebridge.bench", "benchmark training steps and sampling against the machine's matmul peak"),
