@@ -162,10 +162,10 @@ def path_strip(line: Image.Image, frames: list[tuple[int, Tensor]], total: int) 
     label, gap = 16, 4
     strip = Image.new("RGB", (len(panels) * (width + gap) - gap, PANEL_HEIGHT + label), (235, 235, 235))
     draw = ImageDraw.Draw(strip)
-    for k, (text, image) in enumerate(panels):
+    for k, (text, image) in enumerate(panels):  # labels below: Gradio's own label covers the image's top left
         resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
-        strip.paste(image.resize((width, PANEL_HEIGHT), resample), (k * (width + gap), label))
-        draw.text((k * (width + gap) + 2, 1), text, fill=(40, 40, 40), font=font)
+        strip.paste(image.resize((width, PANEL_HEIGHT), resample), (k * (width + gap), 0))
+        draw.text((k * (width + gap) + 2, PANEL_HEIGHT + 1), text, fill=(40, 40, 40), font=font)
     return strip
 
 
@@ -298,20 +298,23 @@ def build_app(root: Path, extra: Path | None = None) -> tuple[gr.Blocks, list[st
             with gr.Column(scale=2):
                 model = gr.Dropdown(list(models), value=default_choice(models, extra), label="model",
                                     info="checkpoints under outputs/train/*/ and --checkpoint")
-                sampler = gr.Radio([STOCHASTIC, DETERMINISTIC], value=STOCHASTIC, label="sampler")
-                eta = gr.Slider(0, 1, value=1.0, step=0.05, label="η (stochastic sampler only)")
-                steps = gr.Slider(2, MAX_STEPS, value=20, step=1, label="steps (the study evaluates at 20)")
-                seed = gr.Number(0, precision=0, minimum=0, label="seed")
+                with gr.Row():
+                    sampler = gr.Radio([STOCHASTIC, DETERMINISTIC], value=STOCHASTIC, label="sampler", scale=3)
+                    eta = gr.Slider(0, 1, value=1.0, step=0.05, label="η (stochastic only)", scale=2)
+                with gr.Row():
+                    steps = gr.Slider(2, MAX_STEPS, value=20, step=1, label="steps (the study evaluates at 20)",
+                                      scale=3)
+                    seed = gr.Number(0, precision=0, minimum=0, label="seed", scale=2)
                 button = gr.Button("Colorize", variant="primary", interactive=bool(models), elem_id="colorize")
         status = gr.Markdown("", elem_id="status")
         with gr.Row():
             result = gr.Image(label="result (the line art's size)", type="pil", format="png", interactive=False,
-                              height=200, elem_id="result")
+                              height=200, elem_id="result", scale=1, min_width=160)
             path = gr.Image(label="bridge path: x̂0 from line art to colour", type="pil", format="png",
-                            interactive=False, elem_id="path")
+                            interactive=False, elem_id="path", scale=4)
         if examples:
             gallery = gr.Gallery([(str(e.line), e.caption) for e in examples], label="examples: fixed test items "
-                                 "(protocols self and cross_gt); click one", columns=8, height="auto",
+                                 "(protocols self and cross_gt); click one", columns=8, height=None,
                                  allow_preview=False, elem_id="gallery")
             gallery.select(pick, None, [line_file, ref_file, gt_view, status])
         else:
