@@ -48,8 +48,12 @@ def to_tensor(image: Image.Image, size: int) -> torch.Tensor:
 
 
 def needs_reference(cfg: Config) -> bool:
-    """Whether the checkpoint's model colours from a reference (all but A0 and Pix2Pix)."""
-    return cfg["model"]["family"] == "scft" or cfg["model"]["reference"] != "none"
+    """Whether the checkpoint's model colours from a reference (all but A0 and Pix2Pix).
+
+    Pix2Pix configs inherit model.reference from params.yaml, so the family decides first.
+    """
+    family = cfg["model"]["family"]
+    return family == "scft" or (family == "bbdm" and cfg["model"]["reference"] != "none")
 
 
 def from_model(out: Tensor, side: int, box: tuple[int, int, int, int]) -> Image.Image:
