@@ -192,8 +192,6 @@ def test_upload_colorize_shows_result_at_input_size_and_path(browser, server, in
     assert np.abs(np.asarray(result, dtype=np.int16) - np.asarray(line, dtype=np.int16)).mean() > 1
     strip = fetch_image(wait_for(browser, lambda d: image_src(d, "path"), "the bridge's path"))
     assert strip.width > 5 * strip.height // 2, "line art plus several x̂0 panels side by side"
-    if os.environ.get("LINEBRIDGE_SCREENSHOT"):
-        browser.save_screenshot(os.environ["LINEBRIDGE_SCREENSHOT"])
 
 
 def test_gallery_example_fills_inputs_and_ground_truth(browser, server):
@@ -245,3 +243,13 @@ def test_wrong_checkpoints_and_settings_are_user_errors(trained, inputs, tmp_pat
         colorize_once(trained, inputs["line"], inputs["ref"], steps=1)
     out = colorize_once(trained, inputs["line"], inputs["ref"], deterministic=True, steps=4)
     assert out.image.size == (40, 28) and out.path is not None and "deterministic" in out.summary
+
+
+def test_gan_baseline_has_no_path_but_a_note(tiny_study, inputs, tmp_path, monkeypatch):
+    from linebridge.demo import colorize_once
+
+    monkeypatch.chdir(tiny_study)
+    assert cli_main(["train", "--experiment", "pix2pix", "--profile", "tiny", "--no-mlflow", "--out", str(tmp_path),
+                     "--set", "train.epochs=1"]) == 0
+    out = colorize_once(tmp_path / "best.pt", inputs["line"], None)
+    assert out.image.size == (40, 28) and out.path is None and "no bridge path" in out.summary

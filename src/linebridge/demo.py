@@ -206,19 +206,21 @@ def colorize_once(checkpoint_path: Path, line_path: Path | None, ref_path: Path 
         raise UserError(f"steps = {steps}: this model's bridge has only {cfg['bridge']['num_timesteps']} timesteps")
     if needs_reference(cfg) and ref is None:
         raise UserError(f"{name}: this model colours from a reference; upload one or pick an example")
+    loaded = time.perf_counter()
     image = colorize_image(fn, cfg["data"]["image_size"], line, ref, seed)
     seconds = time.perf_counter() - start
+    took = f"**{seconds:.2f} s** ({loaded - start:.2f} s loading, {seconds - (loaded - start):.2f} s colouring)"
     model = f"{cfg['experiment']} ({cfg.get('description') or cfg['model']['family']}; {cfg['profile']} profile)"
     if cfg["model"]["family"] != "bbdm":
-        return Outcome(image, None, seconds, f"Colorized {line.size[0]}×{line.size[1]} in **{seconds:.2f} s** with "
-                       f"{model}. A GAN baseline colours in one forward pass: it has no bridge path, and the "
-                       "sampler, steps and seed do not apply.")
+        return Outcome(image, None, seconds, f"Colorized {line.size[0]}×{line.size[1]} in {took}; {model}. "
+                       "A GAN baseline colours in one forward pass: it has no bridge path, and the sampler, steps "
+                       "and seed do not apply.")
     total = len(frames)
     picks = sorted({round(k * (total - 1) / (PATH_FRAMES - 1)) for k in range(PATH_FRAMES)})
     strip = path_strip(line, [frames[k] for k in picks], total)
     sampler = "deterministic" if deterministic else f"η = {eta:g}"
-    return Outcome(image, strip, seconds, f"Colorized {line.size[0]}×{line.size[1]} in **{seconds:.2f} s** "
-                   f"({total} steps, {sampler}, seed {seed}) with {model}.")
+    return Outcome(image, strip, seconds, f"Colorized {line.size[0]}×{line.size[1]} in {took}; "
+                   f"{total} steps, {sampler}, seed {seed}; {model}.")
 
 
 # ----------------------------------------------------------------------------- the page
