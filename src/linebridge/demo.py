@@ -239,6 +239,7 @@ def _gradio():
 def build_app(root: Path, extra: Path | None = None) -> tuple[gr.Blocks, list[str]]:
     """The Gradio page and the folders it may serve files from (the prepared test data)."""
     gr = _gradio()
+    import linebridge.inference  # noqa: F401 (torch and the models load now, not inside the first request's time)
 
     models = find_checkpoints(root, extra)
     cfg = load_config(root=root)
