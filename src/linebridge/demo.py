@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import os
 import time
@@ -239,7 +240,8 @@ def _gradio():
 def build_app(root: Path, extra: Path | None = None) -> tuple[gr.Blocks, list[str]]:
     """The Gradio page and the folders it may serve files from (the prepared test data)."""
     gr = _gradio()
-    import linebridge.inference  # noqa: F401 (torch and the models load now, not inside the first request's time)
+    for name in ("linebridge.data", "linebridge.inference", "linebridge.train", "linebridge.colorize"):
+        importlib.import_module(name)  # torch, torchvision, the models: seconds now, not in the first request's time
 
     models = find_checkpoints(root, extra)
     cfg = load_config(root=root)
