@@ -31,7 +31,7 @@ def need(condition: bool, reason: str) -> None:
     """Skip when a browser-test prerequisite is missing, but fail in CI, where it must be installed."""
     if not condition:
         if IN_CI:
-            pytest.fail(f"{reason} (CI=true: the browser tests must run; .ci/run installs chromium)")
+            pytest.fail(f"{reason} (CI=true: the browser tests must run, not skip)")
         pytest.skip(reason)
 
 
