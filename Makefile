@@ -1,5 +1,5 @@
 # Two entry points (README): `make repro` runs the whole study, `make test` runs the tests.
-# Both create .venv on first use; nothing else needs installing by hand.
+# Both create .venv on first use; nothing else needs installing by hand. `make demo` serves the browser demo.
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,14 +8,14 @@ STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test clean-venv
+.PHONY: setup repro test demo clean-venv
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,demo]'
 	touch $(STAMP)
 
 repro: $(STAMP)
@@ -24,6 +24,9 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)  # setup installs the demo extra; e.g. make demo DEMO_ARGS='--port 8000'
+	$(BIN)/linebridge demo $(DEMO_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

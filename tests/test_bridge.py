@@ -219,3 +219,23 @@ def test_same_generator_same_samples():
     b = bridge.sample(fn, source, 10, generator=torch.Generator().manual_seed(3))
     c = bridge.sample(fn, source, 10, generator=torch.Generator().manual_seed(4))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_sample_callback_sees_every_step_and_changes_nothing(deterministic):
+    bridge = BrownianBridge(objective="grad")
+    target, source = pair()
+    fn = lambda x, t: 0.5 * (x - target)  # noqa: E731 (a not-quite-oracle: x̂ moves along the path)
+    plain = bridge.sample(fn, source, 12, deterministic=deterministic, generator=torch.Generator().manual_seed(3))
+    seen = []
+    watched = bridge.sample(
+        fn,
+        source,
+        12,
+        deterministic=deterministic,
+        generator=torch.Generator().manual_seed(3),
+        callback=lambda i, x_hat: seen.append((i, x_hat.clone())),
+    )
+    assert torch.equal(plain, watched)
+    assert [i for i, _ in seen] == list(range(12))
+    assert torch.equal(seen[-1][1], watched) and not torch.equal(seen[0][1], watched)

@@ -22,6 +22,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("train", "linebridge.cli", "train one experiment (A0-A4 or a baseline)"),
     ("evaluate", "linebridge.evaluation.evaluate", "sample the fixed test protocols and compute metrics"),
     ("colorize", "linebridge.colorize", "colorize your own line art with a trained checkpoint"),
+    ("demo", "linebridge.demo", "try the checkpoints in the browser: upload or pick line art, watch the bridge's path"),
     ("tune", "linebridge.tuning.study", "Optuna study of lambda_edge and TPS strength for the full method (A3)"),
     ("report", "linebridge.evaluation.report", "write reports/ablation.md from the evaluated runs"),
     ("bench", "linebridge.bench", "benchmark training steps and sampling against the machine's matmul peak"),

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
+from torch import Tensor
 
-from linebridge.config import UserError
+from linebridge.config import Config, UserError
 from linebridge.io import save_with
+
+if TYPE_CHECKING:
+    from linebridge.inference import Colorizer
 
 
 def read_image(path: Path, mode: str) -> Image.Image:
@@ -58,6 +63,30 @@ def check_output(path: Path) -> Path:
     return path
 
 
+def needs_reference(cfg: Config) -> bool:
+    """Whether the checkpoint's model colours from a reference (all but A0 and Pix2Pix).
+
+    Pix2Pix configs inherit model.reference from params.yaml, so the family decides first.
+    """
+    family = cfg["model"]["family"]
+    return family == "scft" or (family == "bbdm" and cfg["model"]["reference"] != "none")
+
+
+def from_model(out: Tensor, side: int, box: tuple[int, int, int, int]) -> Image.Image:
+    """A model-size image [1,3,s,s] in [-1, 1] back at the line art's size: resized to its padded square, cropped."""
+    from torchvision.transforms.functional import to_pil_image
+
+    big = F.interpolate(out, size=(side, side), mode="bicubic", align_corners=False).clamp(-1, 1)
+    return to_pil_image(((big[0] + 1) / 2).clamp(0, 1)).crop(box)
+
+
+def colorize_image(fn: Colorizer, size: int, line: Image.Image, ref: Image.Image | None, seed: int = 0) -> Image.Image:
+    """Colour one line art ('L', any size) with `fn` (from `load_colorizer`) at model size `size`; RGB, same size."""
+    line_img, box = pad_square(line)
+    out = fn(to_tensor(line_img, size), to_tensor(ref, size) if ref is not None else None, seed)
+    return from_model(out, line_img.size[0], box)
+
+
 def colorize_file(
     line_path: Path,
     ref_path: Path | None,
@@ -68,23 +97,15 @@ def colorize_file(
     deterministic: bool = False,
     seed: int = 0,
 ) -> Path:
-    from torchvision.transforms.functional import to_pil_image
-
     from linebridge.inference import load_colorizer
 
     check_output(out_path)
     fn, cfg = load_colorizer(checkpoint, steps=steps, eta=eta, deterministic=deterministic)
-    size = cfg["data"]["image_size"]
-    line_img, box = pad_square(read_image(line_path, "L"))
-    line = to_tensor(line_img, size)
-    needs_ref = cfg["model"]["family"] == "scft" or cfg["model"]["reference"] != "none"
-    if needs_ref and ref_path is None:
+    line = read_image(line_path, "L")
+    if needs_reference(cfg) and ref_path is None:
         raise UserError(f"{checkpoint}: this model colours from a reference; pass --ref REF.png")
-    ref = to_tensor(read_image(ref_path, "RGB"), size) if ref_path else None
-    out = fn(line, ref, seed)
-    side = line_img.size[0]
-    big = F.interpolate(out, size=(side, side), mode="bicubic", align_corners=False).clamp(-1, 1)
-    image = to_pil_image(((big[0] + 1) / 2).clamp(0, 1)).crop(box)
+    ref = read_image(ref_path, "RGB") if ref_path else None
+    image = colorize_image(fn, cfg["data"]["image_size"], line, ref, seed)
     return save_with(out_path, image.save)
 
 

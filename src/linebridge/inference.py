@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from linebridge import checkpoint
+from linebridge.bbdm.bridge import StepCallback
 from linebridge.config import Config, UserError
 
 Colorizer = Callable[[Tensor, "Tensor | None", int], Tensor]
@@ -40,11 +41,13 @@ def load_colorizer(
     eta: float | None = None,
     deterministic: bool = False,
     device: torch.device | str = "cpu",
+    callback: StepCallback | None = None,
 ) -> tuple[Colorizer, Config]:
     """`fn(lineart, ref, seed) -> colour` for any linebridge checkpoint (BBDM or a GAN baseline).
 
     For BBDM the sampler settings are bound here (None: the checkpoint's eval.sample_step
-    and eval.eta); GAN baselines ignore them.
+    and eval.eta), and so is `callback(i, x̂)` (see `BrownianBridge.sample`); GAN baselines
+    ignore them all (they have no sampler, so the callback is never called).
     """
     state = checkpoint.load(path, kind=None, map_location=device)
     kind = state.get("kind")
@@ -59,9 +62,8 @@ def load_colorizer(
         check_sampler(steps, eta, cfg["bridge"]["num_timesteps"])
 
         def fn(lineart: Tensor, ref: Tensor | None, seed: int) -> Tensor:
-            return colorize(
-                net, bridge, lineart, None if net.reference == "none" else ref, steps, eta, deterministic, seed
-            )
+            ref = None if net.reference == "none" else ref
+            return colorize(net, bridge, lineart, ref, steps, eta, deterministic, seed, callback=callback)
 
         return fn, cfg
     if kind == checkpoint.GAN_KIND:

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 OBJECTIVES = ("grad", "noise", "ysubx")
 SKIP_KINDS = ("linear", "cosine")
 ModelFn = Callable[[Tensor, Tensor], Tensor]
+StepCallback = Callable[[int, Tensor], None]
 
 
 def _at(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
@@ -153,13 +154,16 @@ class BrownianBridge(nn.Module):
         generator: torch.Generator | None = None,
         progress: bool = False,
         kind: str = "linear",
+        callback: StepCallback | None = None,
     ) -> Tensor:
         """Run the reverse bridge from x = source; returns the predicted target.
 
         `model_fn(x_t, t)` gets t as a LongTensor of shape [B] and returns the network
         output for this bridge's objective. `eta` keeps BBDM's meaning (it scales the
         noise only; η = 0 is not an ODE); `deterministic=True` is the DDIM-style ODE
-        and ignores `eta`. Exactly `len(timesteps)` network calls.
+        and ignores `eta`. Exactly `len(timesteps)` network calls. `callback(i, x̂)`, if
+        given, sees each step's position i (0 … len(timesteps) − 1) and predicted target
+        x̂ (read it, do not change it in place); it changes nothing in the result.
         """
         steps = self.timesteps(sample_step, kind).tolist()
         x = source
@@ -173,6 +177,8 @@ class BrownianBridge(nn.Module):
             t = steps[i]
             t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
             target_hat = self.predict_target(x, source, t_batch, model_fn(x, t_batch))
+            if callback is not None:
+                callback(i, target_hat)
             if i == len(steps) - 1:
                 break
             noise = None

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from linebridge import checkpoint
-from linebridge.bbdm.bridge import BrownianBridge
+from linebridge.bbdm.bridge import BrownianBridge, StepCallback
 from linebridge.bbdm.unet import build_model, use_channels_last
 from linebridge.config import Config
 
@@ -49,12 +49,14 @@ def colorize(
     seed: int = 0,
     batch_size: int = 64,
     progress: bool = False,
+    callback: StepCallback | None = None,
 ) -> Tensor:
     """Colour images in [-1, 1] for line art [B,1,H,W] (and references [B,3,H,W]).
 
     The reference is encoded once per batch and reused at every sampler step. Noise comes
     from a generator seeded per batch (seed + batch index), so results do not depend on
-    how many batches ran before.
+    how many batches ran before. `callback(i, x̂)` is `BrownianBridge.sample`'s, called
+    for each batch in turn with that batch's predicted target (unclamped).
     """
     from tqdm.auto import tqdm
 
@@ -72,6 +74,7 @@ def colorize(
             eta=eta,
             deterministic=deterministic,
             generator=gen,
+            callback=callback,
         )
         outs.append(out.clamp(-1, 1))
     return torch.cat(outs)
