@@ -116,7 +116,8 @@ def test_q_sample_forward_marginal_and_objectives(objective):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("objective", OBJECTIVES)
 @pytest.mark.parametrize("mode", [dict(eta=1.0), dict(eta=0.0), dict(deterministic=True)])
-def test_oracle_sampler_returns_target(objective, dtype, device, mode):
+@pytest.mark.parametrize("clip_denoised", [False, True])
+def test_oracle_sampler_returns_target(objective, dtype, device, mode, clip_denoised):
     bridge = BrownianBridge(objective=objective).to(device)
     target, source = pair(dtype, device)
     calls = []
@@ -126,7 +127,8 @@ def test_oracle_sampler_returns_target(objective, dtype, device, mode):
         calls.append(int(t[0]))
         return fn(x, t)
 
-    out = bridge.sample(counted, source, sample_step=20, generator=torch.Generator(device).manual_seed(1), **mode)
+    gen = torch.Generator(device).manual_seed(1)
+    out = bridge.sample(counted, source, sample_step=20, generator=gen, clip_denoised=clip_denoised, **mode)
     tol = 1e-4 if dtype == torch.float32 else 1e-10
     assert out.dtype == dtype
     assert torch.allclose(out, target, atol=tol)
@@ -239,3 +241,80 @@ def test_sample_callback_sees_every_step_and_changes_nothing(deterministic):
     assert torch.equal(plain, watched)
     assert [i for i, _ in seen] == list(range(12))
     assert torch.equal(seen[-1][1], watched) and not torch.equal(seen[0][1], watched)
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_clip_denoised_keeps_every_prediction_in_range(objective, deterministic):
+    """A network far off the data range: every x̂ (the callback's and the result) stays in [-1, 1]."""
+    bridge = BrownianBridge(objective=objective)
+    _, source = pair()
+    fn = lambda x, t: 10 * torch.ones_like(x) - x  # noqa: E731 (x̂ far outside [-1, 1] under every objective)
+
+    def run(clip: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        seen: list[torch.Tensor] = []
+        out = bridge.sample(
+            fn,
+            source,
+            12,
+            deterministic=deterministic,
+            generator=torch.Generator().manual_seed(3),
+            callback=lambda i, x_hat: seen.append(x_hat.clone()),
+            clip_denoised=clip,
+        )
+        return out, seen
+
+    free, free_seen = run(False)
+    clipped, clipped_seen = run(True)
+    assert free.abs().max() > 1 and any(x.abs().max() > 1 for x in free_seen)
+    assert clipped.abs().max() <= 1 and all(x.abs().max() <= 1 for x in clipped_seen)
+    assert torch.equal(clipped_seen[0], free_seen[0].clamp(-1, 1))
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_clip_denoised_feeds_the_clamped_prediction_to_the_next_jump(deterministic):
+    bridge = BrownianBridge(objective="grad")
+    _, source = pair()
+    T = bridge.num_timesteps
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # x̂ = x − output: x + 2 at the first step, then x
+        return torch.full_like(x, -2.0) if int(t[0]) == T - 1 else torch.zeros_like(x)
+
+    seen: list[torch.Tensor] = []
+    gen = torch.Generator().manual_seed(3)
+    cb = lambda i, x_hat: seen.append(x_hat.clone())  # noqa: E731
+    bridge.sample(fn, source, 12, deterministic=deterministic, generator=gen, callback=cb, clip_denoised=True)
+
+    def chain(clamp_before_jump: bool) -> list[torch.Tensor]:
+        steps, g = bridge.timesteps(12).tolist(), torch.Generator().manual_seed(3)
+        x, out = source, []
+        for t, n in zip(steps, [*steps[1:], None]):
+            x_hat = x + 2 if t == T - 1 else x
+            out.append(x_hat.clamp(-1, 1))
+            if n is None:
+                return out
+            noise = None if deterministic else torch.randn(x.shape, generator=g)
+            x = bridge.step(x, source, out[-1] if clamp_before_jump else x_hat, t, n, 1.0, deterministic, noise)
+
+    assert len(seen) == 12
+    for got, want in zip(seen, chain(True)):
+        torch.testing.assert_close(got, want)
+    assert any((got - other).abs().max() > 1e-3 for got, other in zip(seen, chain(False)))
+
+
+def test_colorize_passes_clip_denoised():
+    from linebridge.bbdm.sampling import colorize
+    from linebridge.bbdm.unet import DualStreamUNet
+
+    torch.manual_seed(0)
+    net = DualStreamUNet(16, channel_mult=(1, 2), model_channels=16, context_dim=16, heads=2, dim_head=8).eval()
+    with torch.no_grad():
+        net.out[-1].bias.fill_(-30.0)  # grad objective: x̂ = x_t − output ≈ 30, far outside [-1, 1]
+    bridge = BrownianBridge()
+    line, ref = torch.rand(2, 1, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
+    runs = {}
+    for clip in (False, True):
+        seen: list[torch.Tensor] = []
+        runs[clip] = colorize(net, bridge, line, ref, 5, callback=lambda i, x: seen.append(x), clip_denoised=clip)
+        assert (max(float(x.abs().max()) for x in seen) <= 1) == clip
+    assert runs[True].abs().max() <= 1

@@ -295,7 +295,7 @@ def test_prepared_and_protocol_datasets(study):
         ds = ProtocolDataset(out, name)
         batch = next(iter(DataLoader(ds, batch_size=4)))
         assert batch["GT"].shape == (4, 3, SIZE, SIZE) and batch["mask"].shape == (4, 1, SIZE, SIZE)
-        assert all(t.dtype == torch.float32 for k, t in batch.items() if k not in ("id", "ref_id"))
+        assert all(t.dtype == torch.float32 for k, t in batch.items() if k not in ("id", "ref_id", "group"))
         assert (batch["mask"] == 1).all() != (name == "cross_gt")
         assert not torch.equal(batch["ref"], batch["GT"])
 

@@ -210,3 +210,18 @@ def test_protocols_are_group_stratified(in_study):
         assert max(Counter(data["group"]).values()) == 1
         assert set(data["group"]) == set(ProtocolDataset(prepared, protocol).groups)
     assert len(load_protocol(prepared, "cross_gt", 1)["id"]) == len(ProtocolDataset(prepared, "cross_gt"))
+
+
+def test_evaluation_logs_test_metrics_to_the_training_run(in_study, tmp_path):
+    """`mlflow ui` compares models by test metrics: evaluate adds them to the run that trained the model."""
+    import mlflow
+
+    out = tmp_path / "A0"
+    tiny = ["--experiment", "A0", "--profile", "tiny"]
+    assert cli_main(["train", *tiny, "--set", "train.epochs=1", "--out", str(out)]) == 0
+    ckpt = str(out / "best.pt")
+    assert cli_main(["evaluate", *tiny, "--checkpoint", ckpt, "--steps", "2", "--out", str(tmp_path / "eval")]) == 0
+    run = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run((out / "mlflow_run_id").read_text().strip())
+    logged = json.loads((tmp_path / "eval" / "self.json").read_text())["metrics"]["psnr"]["mean"]
+    assert run.data.metrics["test/self/psnr"] == pytest.approx(logged)
+    assert "test/cross_gt/delta_e_tone" in run.data.metrics and "val_loss" in run.data.metrics

@@ -42,12 +42,14 @@ def load_colorizer(
     deterministic: bool = False,
     device: torch.device | str = "cpu",
     callback: StepCallback | None = None,
+    clip_denoised: bool | None = None,
 ) -> tuple[Colorizer, Config]:
     """`fn(lineart, ref, seed) -> colour` for any linebridge checkpoint (BBDM or a GAN baseline).
 
-    For BBDM the sampler settings are bound here (None: the checkpoint's eval.sample_step
-    and eval.eta), and so is `callback(i, x̂)` (see `BrownianBridge.sample`); GAN baselines
-    ignore them all (they have no sampler, so the callback is never called).
+    For BBDM the sampler settings are bound here (None: the checkpoint's eval.sample_step,
+    eval.eta and eval.clip_denoised, False in checkpoints from before it existed), and so
+    is `callback(i, x̂)` (see `BrownianBridge.sample`); GAN baselines ignore them all (they
+    have no sampler, so the callback is never called).
     """
     state = checkpoint.load(path, kind=None, map_location=device)
     kind = state.get("kind")
@@ -59,11 +61,14 @@ def load_colorizer(
         net, bridge, cfg = from_state(state, weights, device)
         steps = cfg["eval"]["sample_step"] if steps is None else steps
         eta = sampler_eta(cfg) if eta is None else eta
+        clip = bool(cfg["eval"].get("clip_denoised", False)) if clip_denoised is None else clip_denoised
         check_sampler(steps, eta, cfg["bridge"]["num_timesteps"])
 
         def fn(lineart: Tensor, ref: Tensor | None, seed: int) -> Tensor:
             ref = None if net.reference == "none" else ref
-            return colorize(net, bridge, lineart, ref, steps, eta, deterministic, seed, callback=callback)
+            return colorize(
+                net, bridge, lineart, ref, steps, eta, deterministic, seed, callback=callback, clip_denoised=clip
+            )
 
         return fn, cfg
     if kind == checkpoint.GAN_KIND:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -18,6 +18,15 @@ PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
 Norm = Literal["batch", "instance"]
+
+
+def _power_of_two(value: int) -> int:
+    if value & (value - 1):
+        raise ValueError("must be a power of 2")
+    return value
+
+
+PowerOfTwo = Annotated[int, Field(ge=1), AfterValidator(_power_of_two)]
 
 
 class Section(BaseModel):
@@ -67,6 +76,11 @@ class Model(Section):
     heads: PosInt
     dim_head: PosInt
     use_spatial_transformer: bool
+    norm_groups: PosInt
+    zero_init: bool
+    scale_shift: bool
+    reference_downsample: PowerOfTwo
+    reference_positions: bool
 
 
 class Loss(Section):
@@ -105,6 +119,7 @@ class Perf(Section):
 class Eval(Section):
     sample_step: Annotated[int, Field(ge=2)]
     eta: NonNegFloat
+    clip_denoised: bool
     max_per_group: NonNegInt
     sweep_steps: Annotated[list[Annotated[int, Field(ge=2)]], Field(min_length=1)]
     sweep_images: PosInt
@@ -196,6 +211,11 @@ class Params(Section):
             raise ValueError(
                 f"data.image_size={self.data.image_size} must divide by {down} (2^(len(model.channel_mult) - 1))"
             )
+        size, ref_down = self.data.image_size, self.model.reference_downsample
+        if self.model.family == "bbdm" and self.model.reference == "cross_attention" and size < ref_down:
+            raise ValueError(f"data.image_size={size} is smaller than model.reference_downsample={ref_down}")
+        if self.model.reference_positions and self.model.context_dim < 4:
+            raise ValueError(f"model.reference_positions needs model.context_dim ≥ 4, got {self.model.context_dim}")
         return self
 
 

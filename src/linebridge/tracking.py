@@ -70,6 +70,25 @@ def log_metrics(metrics: dict[str, float], step: int) -> None:
     mlflow.MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=batch)
 
 
+def log_to_run(run_id: str, metrics: dict[str, float]) -> bool:
+    """Add `metrics` to an existing, finished run (test metrics to the training run they evaluate).
+
+    False when this tracking store has no such run (the model was trained against another store).
+    """
+    import mlflow
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(tracking_uri())
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        return False
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    return True
+
+
 def log_image(path: Path, artifact_path: str = "samples") -> None:
     import mlflow
 

@@ -155,6 +155,7 @@ class BrownianBridge(nn.Module):
         progress: bool = False,
         kind: str = "linear",
         callback: StepCallback | None = None,
+        clip_denoised: bool = False,
     ) -> Tensor:
         """Run the reverse bridge from x = source; returns the predicted target.
 
@@ -164,6 +165,8 @@ class BrownianBridge(nn.Module):
         and ignores `eta`. Exactly `len(timesteps)` network calls. `callback(i, x̂)`, if
         given, sees each step's position i (0 … len(timesteps) − 1) and predicted target
         x̂ (read it, do not change it in place); it changes nothing in the result.
+        `clip_denoised` clamps x̂ to [−1, 1] at every step, before the callback sees it and
+        before the next jump uses it (BBDM's clip_denoised).
         """
         steps = self.timesteps(sample_step, kind).tolist()
         x = source
@@ -177,6 +180,8 @@ class BrownianBridge(nn.Module):
             t = steps[i]
             t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
             target_hat = self.predict_target(x, source, t_batch, model_fn(x, t_batch))
+            if clip_denoised:
+                target_hat = target_hat.clamp(-1, 1)
             if callback is not None:
                 callback(i, target_hat)
             if i == len(steps) - 1:

@@ -50,13 +50,15 @@ def colorize(
     batch_size: int = 64,
     progress: bool = False,
     callback: StepCallback | None = None,
+    clip_denoised: bool = False,
 ) -> Tensor:
     """Colour images in [-1, 1] for line art [B,1,H,W] (and references [B,3,H,W]).
 
     The reference is encoded once per batch and reused at every sampler step. Noise comes
     from a generator seeded per batch (seed + batch index), so results do not depend on
     how many batches ran before. `callback(i, x̂)` is `BrownianBridge.sample`'s, called
-    for each batch in turn with that batch's predicted target (unclamped).
+    for each batch in turn with that batch's predicted target (unclamped unless `clip_denoised`,
+    which clamps x̂ to [-1, 1] at every step, see `BrownianBridge.sample`; the result is clamped either way).
     """
     from tqdm.auto import tqdm
 
@@ -75,6 +77,7 @@ def colorize(
             deterministic=deterministic,
             generator=gen,
             callback=callback,
+            clip_denoised=clip_denoised,
         )
         outs.append(out.clamp(-1, 1))
     return torch.cat(outs)

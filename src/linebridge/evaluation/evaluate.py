@@ -144,7 +144,9 @@ def evaluate(
     eta = ec["eta"] if eta is None else eta
     colorizer, sampled = None, False  # sampled: a BBDM model, whose sampler settings and weights are recorded
     if name not in TRIVIAL:
-        colorizer, model_cfg = load_colorizer(checkpoint, weights, steps, eta, deterministic)
+        colorizer, model_cfg = load_colorizer(
+            checkpoint, weights, steps, eta, deterministic, clip_denoised=ec["clip_denoised"]
+        )
         sampled = model_cfg["model"]["family"] == "bbdm"
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -159,7 +161,13 @@ def evaluate(
             "checkpoint": shown_path(checkpoint),
             "weights": weights if sampled else None,  # GANs keep no EMA
             "protocol": protocol,
-            "sampler": {"steps": steps, "eta": eta, "deterministic": deterministic, "seed": cfg["seed"]}
+            "sampler": {
+                "steps": steps,
+                "eta": eta,
+                "deterministic": deterministic,
+                "clip_denoised": ec["clip_denoised"],
+                "seed": cfg["seed"],
+            }
             if sampled
             else None,
             "n_images": len(data["id"]),
@@ -201,7 +209,7 @@ def sweep(checkpoint: Path, cfg: dict[str, Any], out_path: Path) -> list[dict[st
     rows = []
     for steps in ec["sweep_steps"]:
         for deterministic in (False, True):
-            fn, _ = load_colorizer(checkpoint, "ema", steps, 1.0, deterministic)
+            fn, _ = load_colorizer(checkpoint, "ema", steps, 1.0, deterministic, clip_denoised=ec["clip_denoised"])
             t0 = time.perf_counter()
             fake = fn(data["lineart"], data["ref"], cfg["seed"])
             seconds = (time.perf_counter() - t0) / len(data["id"])
@@ -223,7 +231,8 @@ def sweep(checkpoint: Path, cfg: dict[str, Any], out_path: Path) -> list[dict[st
                 flush=True,
             )
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out_path, {"checkpoint": shown_path(checkpoint), "protocol": "self", "rows": rows})
+    record = {"checkpoint": shown_path(checkpoint), "protocol": "self", "clip_denoised": ec["clip_denoised"]}
+    write_json(out_path, {**record, "rows": rows})
     return rows
 
 
@@ -238,6 +247,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eta", type=float, default=None, help="BBDM eta (scales the sampler noise)")
     parser.add_argument("--deterministic", action="store_true", help="DDIM-style deterministic sampler")
     parser.add_argument("--out", default=None, help="output folder (default metrics/eval/NAME)")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not add the test metrics to its MLflow run")
     parser.add_argument(
         "--sweep",
         action="store_true",
@@ -261,4 +271,31 @@ def main(args: argparse.Namespace) -> int:
             for k, v in res["metrics"].items()
         }
         print(protocol, res["n_images"], shown)
+    if ckpt is not None and not args.no_mlflow:
+        log_results(ckpt, results, "test" if args.weights == "ema" else "test_raw")
     return 0
+
+
+def log_results(checkpoint: Path, results: dict[str, Any], prefix: str) -> None:
+    """Each protocol's means as `PREFIX/PROTOCOL/METRIC` on the MLflow run that trained `checkpoint`.
+
+    So `mlflow ui` compares models by their test metrics next to their training curves.
+    """
+    from linebridge.tracking import log_to_run, tracking_uri
+
+    run_file = checkpoint.parent / "mlflow_run_id"
+    if not run_file.exists():
+        print(f"not logged to MLflow: {checkpoint.parent} has no mlflow_run_id (trained with --no-mlflow)")
+        return
+    values = {
+        f"{prefix}/{protocol}/{metric}": value["mean"] if "mean" in value else value["value"]
+        for protocol, res in results.items()
+        for metric, value in res["metrics"].items()
+        if not value.get("unavailable") and (value.get("mean", value.get("value")) is not None)
+    }
+    values = {k: v for k, v in values.items() if v == v}  # NaN (e.g. no tone pixels) is not a metric
+    run_id = run_file.read_text().strip()
+    if log_to_run(run_id, values):
+        print(f"logged {len(values)} test metrics to MLflow run {run_id}")
+    else:
+        print(f"not logged to MLflow: {tracking_uri()} has no run {run_id} (trained against another store)")
