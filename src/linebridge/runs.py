@@ -137,6 +137,13 @@ class TrainingRun:
     def going(self) -> bool:
         return self.epoch < self.epochs and not self.stopped_early
 
+    def progress(self, epoch_batches: list, show: bool):
+        """This epoch's batches under a progress bar (rank 0 only, and only when `show`)."""
+        from tqdm.auto import tqdm
+
+        desc = f"{self.name} epoch {self.epoch + 1}/{self.epochs}"
+        return tqdm(epoch_batches, desc=desc, unit="batch", disable=not show or not self.ddp.main, leave=False)
+
     def resume(self, restore: Callable[[dict[str, Any]], None]) -> None:
         """Continue from last.pt when its config matches in every key that changes the numbers.
 

@@ -209,8 +209,6 @@ def train_gan(
     patience, min_delta, checkpoint_every and sample_every from `train`.
     `on_epoch(epoch, val_loss)` runs after each epoch's checkpoint.
     """
-    from tqdm.auto import tqdm
-
     from linebridge.data.datasets import build_dataset
 
     tc, s = cfg["train"], settings(cfg)
@@ -247,13 +245,7 @@ def train_gan(
             seen = 0
             watch = NanWatch(device)
             epoch_batches = batches(train_set, tc["batch_size"], cfg["seed"], run.epoch)
-            bar = tqdm(
-                epoch_batches,
-                desc=f"{cfg['experiment']} epoch {run.epoch + 1}/{epochs}",
-                unit="batch",
-                disable=not progress or not ddp.main,
-                leave=False,
-            )
+            bar = run.progress(epoch_batches, progress)
             for i, idx in enumerate(bar):
                 batch = collate(train_set, idx, device)
                 ref = reference_for(batch["GT"], cfg) if gan.generator.uses_reference else None

@@ -165,8 +165,6 @@ def train(
     `on_epoch(epoch, val_loss)` runs after each epoch's checkpoint (Optuna reports and
     prunes there: an exception it raises ends the run, marked FAILED in MLflow).
     """
-    from tqdm.auto import tqdm
-
     from linebridge.data.datasets import build_dataset
 
     tc = cfg["train"]
@@ -210,13 +208,7 @@ def train(
             sums, seen = torch.zeros((), device=device), 0
             watch = NanWatch(device)
             epoch_batches = batches(train_set, tc["batch_size"], cfg["seed"], run.epoch)
-            bar = tqdm(
-                epoch_batches,
-                desc=f"{cfg['experiment']} epoch {run.epoch + 1}/{tc['epochs']}",
-                unit="batch",
-                disable=not progress or not ddp.main,
-                leave=False,
-            )
+            bar = run.progress(epoch_batches, progress)
             for i, idx in enumerate(bar):
                 batch = collate(train_set, idx, device)
                 ref = reference_for(batch["GT"], cfg)
