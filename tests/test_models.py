@@ -119,16 +119,21 @@ def test_model_info_cli_and_bad_key(capsys):
 NEW_KEYS = ("norm_groups", "zero_init", "scale_shift", "reference_downsample", "reference_positions")
 
 
+# The network before these options existed: what a checkpoint config without the new keys builds.
+LEGACY = ["model.norm_groups=32", "model.zero_init=false", "model.scale_shift=false",
+          "model.reference_downsample=16", "model.reference_positions=false"]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("experiment", "profile", "params"),
     [("A3", None, 1_895_171), ("A0", None, 1_310_083), ("A4", None, 1_310_947), ("A3", "tiny", 616_675)],
 )
-def test_defaults_build_the_network_of_configs_without_the_new_keys(experiment, profile, params):
-    """params.yaml's defaults and a checkpoint config from before the options existed: the same draws, same values.
+def test_old_configs_build_the_network_they_were_trained_with(experiment, profile, params):
+    """A checkpoint config from before the options existed builds the old network: same draws, same values.
 
-    The counts are those of the network before the options were added.
+    The counts are those of the network before the options were added (then without the spatial transformer).
     """
-    cfg = load_config(experiment, profile)
+    cfg = load_config(experiment, profile, [*LEGACY, "model.use_spatial_transformer=false"])
     old = {**cfg, "model": {k: v for k, v in cfg["model"].items() if k not in NEW_KEYS}}
     torch.manual_seed(0)
     net = build_model(cfg).eval()
@@ -140,6 +145,11 @@ def test_defaults_build_the_network_of_configs_without_the_new_keys(experiment, 
     x, t, line, ref = inputs(cfg["data"]["image_size"])
     with torch.no_grad():
         assert torch.equal(net(x, t, line, ref), net_old(x, t, line, ref))
+
+
+def test_paper_profile_keeps_the_original_network():
+    assert load_config("A3", "paper") == load_config("A3", "paper", LEGACY)
+    assert model_info(load_config("A3", "paper"))["params_total"] == 284_238_979
 
 
 def group_counts(net) -> dict[int, set[int]]:
@@ -299,7 +309,7 @@ def test_bad_network_options_are_rejected():
 
 
 def test_model_info_reports_the_options():
-    base = model_info(load_config("A3"))
+    base = model_info(load_config("A3", None, [*LEGACY, "model.use_spatial_transformer=false"]))
     grid = model_info(
         load_config(
             "A3",

@@ -252,3 +252,30 @@ def test_pruned_trials_count_and_one_complete_trial_gives_an_importances_note(in
     summary = json.loads((out / "tune.json").read_text())
     assert summary["best_value"] == 1.0 and summary["importances"] == {} and "at least 2" in summary["importances_note"]
     assert (out / "tune_importances.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_optuna_dashboard_serves_the_study(parallel_study):
+    """The README's `optuna-dashboard` command, for real: it serves the journal the study wrote."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dashboard = Path(sys.executable).parent / "optuna-dashboard"
+    cmd = [str(dashboard), str(parallel_study / "optuna.journal"), "--storage-class", "JournalFileStorage"]
+    proc = subprocess.Popen([*cmd, "--host", "127.0.0.1", "--port", str(port), "--quiet"])
+    try:
+        deadline, body = time.time() + 60, ""
+        while time.time() < deadline and not body:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as response:
+                    body = response.read().decode()
+            except OSError:
+                time.sleep(0.5)
+        studies = json.loads(body)["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["A3-tiny"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
