@@ -1,4 +1,4 @@
-"""The Brownian bridge pinned down against known values (SPEC §3)."""
+"""The Brownian bridge pinned down against known values."""
 
 from __future__ import annotations
 

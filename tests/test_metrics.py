@@ -1,4 +1,4 @@
-"""The metric suite (SPEC §6.1) and the bootstrap statistics, pinned to known values."""
+"""The metric suite and the bootstrap statistics, pinned to known values."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Shapes, reference use and gradient flow of every network variant (SPEC §4)."""
+"""Shapes, reference use and gradient flow of every network variant."""
 
 from __future__ import annotations
 
