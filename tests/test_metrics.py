@@ -324,3 +324,24 @@ def test_paired_bootstrap_detects_a_shift_and_not_a_zero_shift():
     null = paired_bootstrap(a, a + wiggle)
     assert null["low"] < 0 < null["high"]
     assert null["p_value"] > 0.5
+
+
+def test_regional_colour_error_and_tint_rate():
+    """Known regions: a white background, a black line, a red interior; only the background is tinted."""
+    gt = torch.ones(1, 3, 8, 8)
+    gt[:, :, 2:6, 2:6] = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1)  # red square
+    line = torch.ones(1, 1, 8, 8)
+    line[:, :, 2, 2:6] = -1.0  # a line along the square's top edge
+    gt[:, :, 2, 2:6] = -1.0  # drawn black in the colour image too
+    pred = gt.clone()
+    tinted = torch.zeros(8, 8, dtype=torch.bool)
+    tinted[0, :] = True  # one row of the background turns light blue
+    pred[:, 0, 0, :] = 0.6
+    out = metrics.regional_colour_error(pred, gt, line)
+    masks = metrics.regions(gt, line)
+    assert masks["background"].sum() == 64 - 16 and masks["lines"].sum() == 4 and masks["interior"].sum() == 12
+    assert out["delta_e_lines"].item() == 0 and out["delta_e_interior"].item() == 0
+    expected = metrics.ciede2000(metrics.rgb_to_lab(pred), metrics.rgb_to_lab(gt))[0][tinted].mean() * 8 / 48
+    assert out["delta_e_background"].item() == pytest.approx(expected.item())
+    assert out["tint_rate"].item() == pytest.approx(8 / 48)  # the 8 tinted pixels are far above ΔE00 3
+    assert metrics.regional_colour_error(gt, gt, line)["tint_rate"].item() == 0

@@ -33,7 +33,6 @@ from linebridge.runs import save_sample_grid
 
 TRIVIAL = ("copy-lineart", "copy-reference")
 PSNR_CAP = 60.0  # dB: an output identical to its ground truth (e.g. copy-lineart on a black symbol) would be +inf
-PAIRED = ("psnr", "ssim", "lpips", "edge_iou", "delta_e", "delta_e_tone")
 
 
 def stratified(groups: list[str], per_group: int) -> list[int]:
@@ -69,9 +68,9 @@ def per_image_metrics(fake: Tensor, data: dict[str, Any], protocol: str) -> dict
         values["ssim"] = M.ssim(fake, gt)
         values["delta_e"] = M.colour_error(fake, gt)
         values["lpips"] = M.try_metric(M.lpips, fake, gt)
+        values.update(M.regional_colour_error(fake, gt, line))
     if protocol == "cross_gt":
         values["delta_e_tone"] = M.colour_error(fake, gt, mask=data["mask"])
-    del line
     return values
 
 

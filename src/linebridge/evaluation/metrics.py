@@ -316,10 +316,38 @@ def colour_error(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Te
     (bootstrap_ci ignores NaN and reports the n it used).
     """
     delta = ciede2000(rgb_to_lab(pred), rgb_to_lab(target), dim=1)
-    if mask is None:
-        return delta.mean(dim=(1, 2))
-    weight = mask.reshape(delta.shape).to(delta.dtype)
-    return (delta * weight).sum(dim=(1, 2)) / weight.sum(dim=(1, 2))  # 0/0 → NaN for an empty mask
+    return delta.mean(dim=(1, 2)) if mask is None else _masked_mean(delta, mask)
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Per-image mean of `values` [B, H, W] where `mask` is true; NaN for an empty mask (0/0)."""
+    weight = mask.reshape(values.shape).to(values.dtype)
+    return (values * weight).sum(dim=(1, 2)) / weight.sum(dim=(1, 2))
+
+
+WHITE = 250 / 255  # a ground-truth pixel at least this bright in every channel is background
+TINT_DELTA_E = 3.0  # ΔE00 above which a background pixel counts as tinted (about twice a just-noticeable step)
+
+
+def regions(target: Tensor, lineart: Tensor) -> dict[str, Tensor]:
+    """Disjoint boolean masks [B, H, W]: `lines` (line art darker than mid-grey), `background`
+    (white in the ground truth, off the lines) and `interior` (the coloured rest)."""
+    lines = lineart[:, 0] < 0
+    background = (_unit(target) >= WHITE).all(dim=1) & ~lines
+    return {"background": background, "lines": lines, "interior": ~background & ~lines}
+
+
+def regional_colour_error(pred: Tensor, target: Tensor, lineart: Tensor) -> dict[str, Tensor]:
+    """Per-image ΔE00 on each region of `regions`, and the background tint rate.
+
+    `tint_rate`: the share of an image's background pixels that come out with ΔE00 > 3 — whole-image
+    ΔE00 is dominated by the white background, so a model that tints it is visible only here.
+    """
+    delta = ciede2000(rgb_to_lab(pred), rgb_to_lab(target), dim=1)
+    masks = regions(target, lineart)
+    out = {f"delta_e_{name}": _masked_mean(delta, mask) for name, mask in masks.items()}
+    out["tint_rate"] = _masked_mean((delta > TINT_DELTA_E).to(delta.dtype), masks["background"])
+    return out
 
 
 # --------------------------------------------------------------------------- SWD

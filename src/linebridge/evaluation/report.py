@@ -28,6 +28,10 @@ HIGHER_IS_BETTER = {
     "edge_iou": True,
     "delta_e": False,
     "delta_e_tone": False,
+    "delta_e_background": False,
+    "delta_e_lines": False,
+    "delta_e_interior": False,
+    "tint_rate": False,
     "swd": False,
     "fid": False,
     "kid": False,
@@ -39,13 +43,18 @@ LABELS = {
     "edge_iou": "Edge IoU↑",
     "delta_e": "ΔE00↓",
     "delta_e_tone": "ΔE00 tone↓",
+    "delta_e_background": "ΔE00 bg↓",
+    "delta_e_lines": "ΔE00 lines↓",
+    "delta_e_interior": "ΔE00 interior↓",
+    "tint_rate": "tint↓",
     "swd": "SWD↓",
     "fid": "FID↓",
     "kid": "KID↓",
 }
+REGIONAL = ["delta_e_background", "delta_e_lines", "delta_e_interior", "tint_rate"]
 COLUMNS = {
-    "self": ["psnr", "ssim", "lpips", "edge_iou", "delta_e", "swd", "fid", "kid"],
-    "cross_gt": ["psnr", "ssim", "lpips", "edge_iou", "delta_e", "delta_e_tone", "swd", "fid", "kid"],
+    "self": ["psnr", "ssim", "lpips", "edge_iou", "delta_e", *REGIONAL, "swd", "fid", "kid"],
+    "cross_gt": ["psnr", "ssim", "lpips", "edge_iou", "delta_e", "delta_e_tone", *REGIONAL, "swd", "fid", "kid"],
     "cross_random": ["edge_iou", "swd", "fid", "kid"],
 }
 PROTOCOL_TITLES = {
@@ -83,7 +92,7 @@ def fmt(value: dict[str, Any] | None, metric: str) -> str:
         return "—"
     if value.get("unavailable"):
         return "n/a¹"
-    digits = 2 if metric in ("psnr", "delta_e", "delta_e_tone", "fid") else 3
+    digits = 2 if metric == "psnr" or metric == "fid" or metric.startswith("delta_e") else 3
     if "mean" in value:
         if value["mean"] is None or np.isnan(value["mean"]):
             return "—"
