@@ -73,6 +73,12 @@ def test_trivial_models_score_as_expected(in_study, tmp_path):
     # the line art is black and white: its colour error against colour images is large but finite
     assert 0 < res["metrics"]["delta_e"]["mean"] < 100
     assert np.isfinite(res["metrics"]["psnr"]["mean"])
+    # the reference with the lines drawn on keeps the lines: on self it beats the bare reference on line pixels
+    scores = {}
+    for name in ("copy-reference", "reference-with-lines"):
+        assert cli_main(["evaluate", "--experiment", name, "--profile", "tiny", "--out", str(tmp_path / name)]) == 0
+        scores[name] = json.loads((tmp_path / name / "self.json").read_text())["metrics"]["delta_e_lines"]["mean"]
+    assert scores["reference-with-lines"] < scores["copy-reference"]
 
 
 def test_sweep_rows(in_study, trained, tmp_path):

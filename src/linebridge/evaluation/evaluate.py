@@ -7,8 +7,10 @@ against the line art's own colour image only) — it samples every test item wit
 seed and writes metrics/eval/NAME/PROTOCOL.{json,csv,png}. Metrics whose weights are
 absent are written as unavailable with the reason, never as numbers.
 
-Besides trained checkpoints, two trivial "models" calibrate the scale: `copy-lineart`
-(the line art itself) and `copy-reference` (the reference unchanged).
+Besides trained checkpoints, three trivial "models" calibrate the scale: `copy-lineart`
+(the line art itself), `copy-reference` (the reference unchanged) and `reference-with-lines`
+(the reference with the line art drawn over it: on self, what copying the warped target
+and keeping the lines already scores).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from linebridge.evaluation.stats import bootstrap_ci
 from linebridge.io import write_atomic, write_json
 from linebridge.runs import save_sample_grid
 
-TRIVIAL = ("copy-lineart", "copy-reference")
+TRIVIAL = ("copy-lineart", "copy-reference", "reference-with-lines")
 PSNR_CAP = 60.0  # dB: an output identical to its ground truth (e.g. copy-lineart on a black symbol) would be +inf
 
 
@@ -120,6 +122,8 @@ def generate(name: str, data: dict[str, Any], colorizer, seed: int) -> Tensor:
         return data["lineart"].expand(-1, 3, -1, -1).clone()
     if name == "copy-reference":
         return data["ref"].clone()
+    if name == "reference-with-lines":  # dark lines (-1) over the reference; white (1) leaves it as it is
+        return torch.minimum(data["ref"], data["lineart"].expand(-1, 3, -1, -1))
     return colorizer(data["lineart"], data["ref"], seed)
 
 
