@@ -226,7 +226,9 @@ def test_evaluation_logs_test_metrics_to_the_training_run(in_study, tmp_path):
     tiny = ["--experiment", "A0", "--profile", "tiny"]
     assert cli_main(["train", *tiny, "--set", "train.epochs=1", "--out", str(out)]) == 0
     ckpt = str(out / "best.pt")
-    assert cli_main(["evaluate", *tiny, "--checkpoint", ckpt, "--steps", "2", "--out", str(tmp_path / "eval")]) == 0
+    assert cli_main(["evaluate", *tiny, "--checkpoint", ckpt, "--out", str(tmp_path / "eval")]) == 0
+    # a one-off evaluation (other sampler settings) must not replace the run's test metrics
+    assert cli_main(["evaluate", *tiny, "--checkpoint", ckpt, "--steps", "2", "--out", str(tmp_path / "adhoc")]) == 0
     run = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run((out / "mlflow_run_id").read_text().strip())
     logged = json.loads((tmp_path / "eval" / "self.json").read_text())["metrics"]["psnr"]["mean"]
     assert run.data.metrics["test/self/psnr"] == pytest.approx(logged)

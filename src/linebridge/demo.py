@@ -109,7 +109,7 @@ def no_checkpoint_note(root: Path) -> str:
         seconds = float(json.loads(record.read_text())["wall_time_s"])
         took = (
             f" The A3 training itself took about {seconds / 60:.0f} minutes ({seconds:.0f} s) "
-            "on the 2-core CPU of the last study run."
+            "on the CPU of the last study run."
         )
     except (OSError, ValueError, KeyError, TypeError):
         pass

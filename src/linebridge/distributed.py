@@ -2,8 +2,9 @@
 
 Under `torchrun --nproc_per_node=N` (env WORLD_SIZE > 1) training runs DistributedDataParallel
 on gloo (CPU) or NCCL (GPU). Every rank draws the random numbers of the *whole* global
-batch (timesteps, noise, TPS warps: cheap) and computes its own slice, so a DDP run equals
-a single-process run with the same global batch up to the order of float reductions.
+batch (timesteps, noise, TPS warps: cheap) and computes its own slice, so a BBDM DDP run
+equals a single-process run with the same global batch up to the order of float
+reductions. The GAN baselines' BatchNorm sees each rank's slice, so theirs does not.
 Only rank 0 logs and writes files.
 """
 
@@ -49,6 +50,14 @@ class Dist:
         out = value.detach().clone()
         dist.all_reduce(out)
         return out / self.world
+
+    def from_main(self, value: float) -> float:
+        """Rank 0's value of a Python float on every rank (a host sync; the value itself in one process)."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device() if dist.get_backend() == "nccl" else "cpu")
+        dist.broadcast(t, src=0)
+        return float(t.item())
 
     def broadcast_buffers(self, module: torch.nn.Module) -> None:
         """Copy rank 0's buffers (BatchNorm running statistics) to every rank."""

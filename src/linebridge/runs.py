@@ -25,7 +25,7 @@ from torch import Tensor
 from linebridge import checkpoint
 from linebridge.config import Config, flatten, repo_root
 from linebridge.distributed import Dist
-from linebridge.io import write_atomic, write_json
+from linebridge.io import save_with, write_atomic, write_json
 
 CHECK_EVERY = 10  # steps between host syncs (non-finite check, progress bar)
 NO_BAD_STEP = 2**62
@@ -85,9 +85,7 @@ def save_sample_grid(path: Path, lineart: Tensor, ref: Tensor, out: Tensor, gt: 
     from torchvision.utils import save_image
 
     rows = torch.stack([lineart.expand(-1, 3, -1, -1), ref, out, gt], dim=1).flatten(0, 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image((rows + 1) / 2, path, nrow=4, padding=1)
-    return path
+    return save_with(path, lambda tmp: save_image((rows + 1) / 2, tmp, nrow=4, padding=1))
 
 
 class NanWatch:
@@ -220,6 +218,7 @@ class TrainingRun:
         `best_state()` / `last_state()` build the loop's checkpoint contents (the counters are
         added here); `log` is the loop's own progress line; `sample(path)` writes a sample grid.
         """
+        val_loss = self.ddp.from_main(val_loss)  # every rank decides best and early stop on rank 0's value
         self.wall += seconds
         self.epoch += 1
         self.history.append(

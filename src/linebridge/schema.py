@@ -212,8 +212,28 @@ class Params(Section):
                 f"data.image_size={self.data.image_size} must divide by {down} (2^(len(model.channel_mult) - 1))"
             )
         size, ref_down = self.data.image_size, self.model.reference_downsample
-        if self.model.family == "bbdm" and self.model.reference == "cross_attention" and size < ref_down:
-            raise ValueError(f"data.image_size={size} is smaller than model.reference_downsample={ref_down}")
+        if self.model.family == "bbdm" and self.model.reference == "cross_attention":
+            if size < ref_down:
+                raise ValueError(f"data.image_size={size} is smaller than model.reference_downsample={ref_down}")
+            if size % ref_down:
+                raise ValueError(f"data.image_size={size} must divide by model.reference_downsample={ref_down}")
+            if self.model.context_dim % 8:
+                raise ValueError(
+                    f"model.context_dim={self.model.context_dim}: the reference encoder needs a multiple of 8"
+                )
+        if self.model.family == "bbdm":
+            levels = {size // 2**k for k in range(len(self.model.channel_mult))}
+            if not set(self.model.attention_sizes) <= levels:
+                raise ValueError(
+                    f"model.attention_sizes={self.model.attention_sizes}: the network's feature maps are "
+                    f"{sorted(levels, reverse=True)} px at data.image_size={size}"
+                )
+        for section, keys in self.tune.space.items():
+            for key, (low, high) in keys.items():
+                if not hasattr(getattr(self, section, None), key):
+                    raise ValueError(f"tune.space.{section}.{key}: not a setting that a trial can change")
+                if not low < high:
+                    raise ValueError(f"tune.space.{section}.{key}=[{low}, {high}]: the low end must be below the high")
         if self.model.reference_positions and self.model.context_dim < 4:
             raise ValueError(f"model.reference_positions needs model.context_dim ≥ 4, got {self.model.context_dim}")
         return self

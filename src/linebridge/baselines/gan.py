@@ -1,8 +1,8 @@
 """The GAN baselines' training loop (Pix2Pix and SCFT), their losses and inference.
 
 The loop keeps the BBDM loop's contract through `runs.TrainingRun`: one seed gives the
-same bytes (batch order from (seed, epoch), the global RNG -- dropout, TPS, jitter --
-saved in every checkpoint), `--resume` continues `last.pt` to the same weights,
+same bytes on the CPU (batch order from (seed, epoch), the global CPU RNG -- dropout,
+TPS, jitter -- saved in every checkpoint; the CUDA RNG is not), `--resume` continues `last.pt` to the same weights,
 `best.pt` is chosen by validation L1 (generated against ground truth on the val split,
 fixed references), early stopping, a non-finite loss stops the run, one MLflow run, the
 same metrics JSON and history CSV, and DDP under torchrun (each rank computes its slice

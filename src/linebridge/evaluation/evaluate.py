@@ -25,12 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from linebridge.config import add_config_arguments, load_config, repo_root
+from linebridge.config import UserError, add_config_arguments, load_config, repo_root
 from linebridge.data.datasets import ProtocolDataset
 from linebridge.data.splits import GRID_ITEMS, PROTOCOLS, spread
 from linebridge.evaluation import metrics as M
 from linebridge.evaluation.stats import bootstrap_ci
-from linebridge.io import write_atomic, write_json
+from linebridge.io import save_with, write_atomic, write_json
 from linebridge.runs import save_sample_grid
 
 TRIVIAL = ("copy-lineart", "copy-reference", "reference-with-lines")
@@ -195,7 +195,7 @@ def save_outputs(path: Path, fake: Tensor, n: int = GRID_ITEMS) -> None:
     from torchvision.utils import save_image
 
     k = spread(fake.shape[0], n)
-    save_image((fake[k] + 1) / 2, path, nrow=len(k), padding=0)
+    save_with(path, lambda tmp: save_image((fake[k] + 1) / 2, tmp, nrow=len(k), padding=0))
 
 
 def sweep(checkpoint: Path, cfg: dict[str, Any], out_path: Path) -> list[dict[str, Any]]:
@@ -265,6 +265,8 @@ def main(args: argparse.Namespace) -> int:
     label = name if args.weights == "ema" else f"{name}-raw"
     out = Path(args.out) if args.out else repo_root() / "metrics" / "eval" / label
     if args.sweep:
+        if ckpt is None:
+            raise UserError(f"--sweep compares sampler settings; {name} is a trivial output with no sampler")
         sweep(ckpt, cfg, out / "sweep.json")
         return 0
     results = evaluate(name, ckpt, cfg, out, args.weights, args.steps, args.eta, args.deterministic)
@@ -274,7 +276,14 @@ def main(args: argparse.Namespace) -> int:
             for k, v in res["metrics"].items()
         }
         print(protocol, res["n_images"], shown)
-    if ckpt is not None and not args.no_mlflow:
+    one_off = [f"--{k} {v}" for k, v in (("steps", args.steps), ("eta", args.eta)) if v is not None]
+    one_off += ["--deterministic"] * args.deterministic + [f"--set {o}" for o in args.overrides]
+    one_off += [f"--checkpoint {ckpt}"] * (ckpt is not None and ckpt.name != "best.pt")
+    if ckpt is None or args.no_mlflow:
+        pass
+    elif one_off:  # the run's test metrics are those of the study's settings; a one-off must not replace them
+        print(f"not logged to MLflow: a one-off evaluation ({' '.join(one_off)})")
+    else:
         log_results(ckpt, results, "test" if args.weights == "ema" else "test_raw")
     return 0
 

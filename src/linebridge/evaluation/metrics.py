@@ -331,7 +331,8 @@ TINT_DELTA_E = 3.0  # ΔE00 above which a background pixel counts as tinted (abo
 
 def regions(target: Tensor, lineart: Tensor) -> dict[str, Tensor]:
     """Disjoint boolean masks [B, H, W]: `lines` (line art darker than mid-grey), `background`
-    (white in the ground truth, off the lines) and `interior` (the coloured rest)."""
+    (white in the ground truth, off the lines: the page, and also white fills such as eyes or
+    teeth) and `interior` (the coloured rest)."""
     lines = lineart[:, 0] < 0
     background = (_unit(target) >= WHITE).all(dim=1) & ~lines
     return {"background": background, "lines": lines, "interior": ~background & ~lines}

@@ -18,7 +18,7 @@ import numpy as np
 from linebridge.config import load_config, repo_root
 from linebridge.data.splits import GRID_ITEMS, PROTOCOLS, spread
 from linebridge.evaluation.stats import paired_bootstrap
-from linebridge.io import write_atomic
+from linebridge.io import save_with, write_atomic
 from linebridge.tracking import git_commit
 
 HIGHER_IS_BETTER = {
@@ -159,6 +159,9 @@ def gains(root: Path) -> list[str]:
                 lines.append(f"| {old}→{new} ({what}) | {protocol} | — | not run | | | |")
                 continue
             ids = sorted(set(a) & set(b))
+            if not ids:
+                lines.append(f"| {old}→{new} ({what}) | {protocol} | — | no common test items | | | |")
+                continue
             for metric in GAIN_METRICS:
                 if metric not in a[ids[0]] or metric not in b[ids[0]]:
                     continue
@@ -335,7 +338,7 @@ def figures(root: Path, models: list[str], prepared: Path) -> None:
     for ax in axes.flat:
         ax.set_xticks([]), ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(fig_dir / "samples.png", dpi=100, metadata={"Software": None})
+    save_with(fig_dir / "samples.png", lambda tmp: fig.savefig(tmp, dpi=100, metadata={"Software": None}))
     plt.close(fig)
 
     # loss curves
@@ -354,7 +357,7 @@ def figures(root: Path, models: list[str], prepared: Path) -> None:
     )
     ax.set_title("Validation loss per epoch (BBDM: EMA weights; GANs: L1)")
     fig.tight_layout()
-    fig.savefig(fig_dir / "loss_curves.png", dpi=100, metadata={"Software": None})
+    save_with(fig_dir / "loss_curves.png", lambda tmp: fig.savefig(tmp, dpi=100, metadata={"Software": None}))
     plt.close(fig)
 
     # metric bars with intervals
@@ -374,7 +377,7 @@ def figures(root: Path, models: list[str], prepared: Path) -> None:
         ax.set_title(f"{LABELS[metric]} ({protocol})", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(fig_dir / "metric_bars.png", dpi=100, metadata={"Software": None})
+    save_with(fig_dir / "metric_bars.png", lambda tmp: fig.savefig(tmp, dpi=100, metadata={"Software": None}))
     plt.close(fig)
 
 

@@ -1,7 +1,10 @@
-"""Confidence intervals and paired tests over per-image metric values of the test protocols.
+"""Confidence intervals and tests over per-image metric values of the test protocols.
 
-Every test image is one observation; NaN values (e.g. ΔE on an image with an empty
-tone region) are dropped and the number actually used is returned as `n`.
+`bootstrap_ci` and `paired_bootstrap` treat every test image as one observation (what the
+current report uses). The rest treat images as clustered in groups (variants of one
+drawing) and training seeds as the unit of inference: `clustered_bootstrap_ci`,
+`seed_group_contrast`, `holm`, `format_p`, `null_control`. NaN values (e.g. ΔE on an image
+with an empty tone region) are dropped and the number actually used is returned.
 """
 
 from __future__ import annotations
