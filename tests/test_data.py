@@ -1,6 +1,6 @@
 """The data layer: OpenMoji fetch and rendering, splits by drawing, prepare, references, datasets, bad input.
 
-A small real subset (data.limit_groups) is rendered at 24 px once per module.
+A small real subset (data.limit_groups) is rendered at 32 px once per module.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from linebridge.data.openmoji import (
 from linebridge.data.prepare import catalogue, prepare
 
 REPO = Path(__file__).resolve().parents[1]
-SIZE = 24
+SIZE = 32  # the default profile's size, so the full config (network included) is valid
 LIMIT = 40
 CODES = ["1F600", "1F34E", "1F9D1-1F3FD-200D-1F9B0", "1F1E8-1F1EB", "2764", "1F697", "1F332", "1F431"]
 EVERYTHING = (1.0, 0.0, 1e-9)  # split fractions that put every file in train
@@ -304,8 +304,8 @@ def test_build_dataset(study, monkeypatch):
     root, cfg, _ = study
     monkeypatch.chdir(root)
     assert len(build_dataset(cfg, "val")) == study[2]["splits"]["val"]["images"]
-    with pytest.raises(UserError, match="prepared at 24 px.*linebridge prepare"):
-        build_dataset(config(root, "data.image_size=32"), "train")
+    with pytest.raises(UserError, match=f"prepared at {SIZE} px.*linebridge prepare"):
+        build_dataset(config(root, "data.image_size=16"), "train")
     with pytest.raises(UserError, match="data.folder_root"):
         build_dataset(config(root, "data.dataset=folder"), "train")
 

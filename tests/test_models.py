@@ -300,7 +300,7 @@ def test_bad_network_options_are_rejected():
         ({"reference_downsample": 64}, "is smaller than model.reference_downsample=64"),
         ({"norm_groups": 0}, "model.norm_groups: Input should be greater than 0"),
         ({"zero_init": "true"}, "model.zero_init: Input should be a valid boolean"),
-        ({"reference_positions": True, "context_dim": 2}, "model.reference_positions needs model.context_dim ≥ 4"),
+        ({"reference_positions": True, "context_dim": 2}, "model.context_dim=2: the reference encoder needs"),
     ]:
         bad = problems({**cfg, "model": {**cfg["model"], **model}})
         assert any(expected in line for line in bad), (model, bad)

@@ -234,8 +234,6 @@ class Params(Section):
                     raise ValueError(f"tune.space.{section}.{key}: not a setting that a trial can change")
                 if not low < high:
                     raise ValueError(f"tune.space.{section}.{key}=[{low}, {high}]: the low end must be below the high")
-        if self.model.reference_positions and self.model.context_dim < 4:
-            raise ValueError(f"model.reference_positions needs model.context_dim ≥ 4, got {self.model.context_dim}")
         return self
 
 
