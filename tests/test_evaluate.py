@@ -119,43 +119,12 @@ def test_colorize_any_size_and_mode(in_study, trained, tmp_path):
     line.save(tmp_path / "line.png")
     Image.new("P", (50, 50), 3).save(tmp_path / "ref.gif")
     out = tmp_path / "out" / "colour.png"
-    assert (
-        cli_main(
-            [
-                "colorize",
-                str(tmp_path / "line.png"),
-                "--ref",
-                str(tmp_path / "ref.gif"),
-                "--checkpoint",
-                str(trained),
-                "-o",
-                str(out),
-                "--steps",
-                "5",
-            ]
-        )
-        == 0
-    )
+    args = ["colorize", str(tmp_path / "line.png"), "--ref", str(tmp_path / "ref.gif"), "--checkpoint", str(trained)]
+    assert cli_main([*args, "-o", str(out), "--steps", "5"]) == 0
     img = Image.open(out)
     assert img.size == (37, 23) and img.mode == "RGB"
     a = np.asarray(img)
-    assert (
-        cli_main(
-            [
-                "colorize",
-                str(tmp_path / "line.png"),
-                "--ref",
-                str(tmp_path / "ref.gif"),
-                "--checkpoint",
-                str(trained),
-                "-o",
-                str(out),
-                "--steps",
-                "5",
-            ]
-        )
-        == 0
-    )
+    assert cli_main([*args, "-o", str(out), "--steps", "5"]) == 0
     assert np.array_equal(a, np.asarray(Image.open(out))), "same seed, same image"
 
 

@@ -56,8 +56,6 @@ def load_colorizer(
     if kind == checkpoint.BBDM_KIND:
         from linebridge.bbdm.sampling import colorize, from_state
 
-        if weights not in ("ema", "raw"):
-            raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
         net, bridge, cfg = from_state(state, weights, device)
         steps = cfg["eval"]["sample_step"] if steps is None else steps
         eta = sampler_eta(cfg) if eta is None else eta

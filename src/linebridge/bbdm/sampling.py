@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 
-from linebridge import checkpoint
 from linebridge.bbdm.bridge import BrownianBridge, StepCallback
 from linebridge.bbdm.unet import build_model, use_channels_last
 from linebridge.config import Config
@@ -18,19 +15,12 @@ def build_bridge(cfg: Config) -> BrownianBridge:
     return BrownianBridge(b["num_timesteps"], b["max_var"], b["objective"])
 
 
-def load_model(
-    path: Path, weights: str = "ema", device: torch.device | str = "cpu"
-) -> tuple[nn.Module, BrownianBridge, Config]:
-    """Network (EMA or raw weights), its bridge and its config from a BBDM checkpoint (or its loaded state)."""
-    if weights not in ("ema", "raw"):
-        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
-    state = checkpoint.load(path, map_location=device)
-    return from_state(state, weights, device)
-
-
 def from_state(
     state: dict, weights: str = "ema", device: torch.device | str = "cpu"
 ) -> tuple[nn.Module, BrownianBridge, Config]:
+    """Network (EMA or raw weights), its bridge and its config from a loaded BBDM checkpoint."""
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
     cfg = state["config"]
     net = build_model(cfg).to(device)
     net.load_state_dict(state["ema" if weights == "ema" else "model"])
