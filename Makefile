@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test demo clean-venv
+.PHONY: setup repro test tune demo clean-venv
 
 setup: $(STAMP)
 
@@ -24,6 +24,9 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+tune: $(STAMP)  # the Optuna study: not a DVC stage (it outlasts the study's budget); commit what it writes
+	$(BIN)/linebridge tune
 
 demo: $(STAMP)  # setup installs the demo extra; e.g. make demo DEMO_ARGS='--port 8000'
 	$(BIN)/linebridge demo $(DEMO_ARGS)

@@ -42,7 +42,7 @@ from linebridge.data.openmoji import (
     skin_tone,
     strip_skin_tones,
 )
-from linebridge.data.prepare import catalogue, prepare
+from linebridge.data.prepare import Emoji, _pairs, catalogue, prepare, protocol_seeds, tone_masks, warp_all
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32  # the default profile's size, so the full config (network included) is valid
@@ -250,6 +250,58 @@ def test_cross_gt_triples(study):
             assert (r["ref_source"] == r["id"]) if name == "self" else (ref_group != r["group"])
 
 
+def test_val_protocols_use_val_items_only(study):
+    out = prepared(study)
+    manifest = {r["id"]: r for r in rows(out / "manifest.csv")}
+    val_ids = sorted(i for i, r in manifest.items() if r["split"] == "val")
+    assert study[2]["protocols_val"] == {
+        name: len(rows(out / "protocols" / "val" / f"{name}.csv")) for name in PROTOCOLS
+    }
+    for name in PROTOCOLS:
+        items = rows(out / "protocols" / "val" / f"{name}.csv")
+        assert all(manifest[r["id"]]["split"] == manifest[r["ref_source"]]["split"] == "val" for r in items)
+        assert sorted((out / "protocols" / "val" / name / "ref").iterdir()) == sorted(
+            out / "protocols" / "val" / name / "ref" / f"{r['id']}.png" for r in items
+        )
+        if name != "cross_gt":
+            assert sorted(r["id"] for r in items) == val_ids
+    triples = rows(out / "protocols" / "val" / "cross_gt.csv")
+    assert triples, "the subset must keep skin-tone groups in the val split"
+    for t in triples:
+        item, ref = manifest[t["id"]], manifest[t["ref_source"]]
+        assert item["group"] == t["group"] != ref["group"] == t["ref_group"]
+        assert item["skin_tone"] == ref["skin_tone"] == t["tone"] and len(t["tone"]) == 5
+        mask = np.asarray(Image.open(out / "protocols" / "val" / "cross_gt" / "mask" / f"{t['id']}.png"))
+        assert 0 < (mask == 255).mean() < 0.8 and set(np.unique(mask)) <= {0, 255}
+
+
+def test_test_protocols_come_from_the_test_split_alone(study):
+    """The test protocols are redrawn from the test items with the original seeds: the val protocols change nothing."""
+    root, cfg, _ = study
+    out = prepared(study)
+    seed, tps_scale = int(cfg["seed"]), float(cfg["augment"]["tps_scale"])
+    test = [
+        Emoji(r["id"], r["group"], r["split"], r["skin_tone"], r["hair"])
+        for r in rows(out / "manifest.csv")
+        if r["split"] == "test"
+    ]
+    colour = {e.id: np.asarray(Image.open(out / "colour" / f"{e.id}.png")) for e in test}
+    masks = tone_masks(test, colour)
+    for index, name in enumerate(PROTOCOLS):
+        rng = np.random.default_rng([seed, index])
+        pairs = [(e, e) for e in test] if name == "self" else _pairs(test, rng, same_tone=name == "cross_gt")
+        saved = rows(out / "protocols" / f"{name}.csv")
+        assert [(r["id"], r["ref_source"]) for r in saved] == [(e.id, src.id) for e, src in pairs]
+        refs = warp_all([colour[src.id] for _, src in pairs], tps_scale, seed * len(PROTOCOLS) + index)
+        for (item, _), ref in zip(pairs, refs, strict=True):
+            assert np.array_equal(np.asarray(Image.open(out / "protocols" / name / "ref" / f"{item.id}.png")), ref)
+            if name == "cross_gt":
+                mask = np.asarray(Image.open(out / "protocols" / name / "mask" / f"{item.id}.png"))
+                assert np.array_equal(mask, masks[item.id])
+    assert protocol_seeds(seed, "test", 1)[1] == seed * len(PROTOCOLS) + 1
+    assert protocol_seeds(seed, "val", 1)[1] != protocol_seeds(seed, "test", 1)[1]
+
+
 def test_tps_warp_moves_pixels_but_keeps_colours():
     codes = CODES + ["1F30D", "1F355", "1F680", "1F3E0", "1F308", "1F40C", "1F33B", "26BD"]
     gt = torch.stack([pil_to_tensor(emoji_png(code)) for code in codes]).float() / 127.5 - 1
@@ -298,6 +350,38 @@ def test_prepared_and_protocol_datasets(study):
         assert all(t.dtype == torch.float32 for k, t in batch.items() if k not in ("id", "ref_id", "group"))
         assert (batch["mask"] == 1).all() != (name == "cross_gt")
         assert not torch.equal(batch["ref"], batch["GT"])
+        val = ProtocolDataset(out, name, split="val")
+        assert val.split == "val" and set(val.ids) <= set(PreparedOpenMoji(out, "val").ids)
+        assert val[0]["mask"].shape == (1, SIZE, SIZE) and not torch.equal(val[0]["ref"], val[0]["GT"])
+    with pytest.raises(UserError, match="split 'train': use one of test, val"):
+        ProtocolDataset(out, "self", split="train")
+
+
+def test_val_protocols_missing_from_old_prepared_data(study, tmp_path):
+    out, old = prepared(study), tmp_path / "old"
+    shutil.copytree(out, old, ignore=shutil.ignore_patterns("val"))
+    assert len(ProtocolDataset(old, "self")) == len(ProtocolDataset(out, "self"))
+    with pytest.raises(UserError, match=r"val/cross_gt\.csv: missing; re-run `linebridge prepare`"):
+        ProtocolDataset(old, "cross_gt", split="val")
+
+
+def test_prepared_tones(study, tmp_path):
+    out = prepared(study)
+    val = PreparedOpenMoji(out, "val")
+    manifest = {r["id"]: r for r in rows(out / "manifest.csv")}
+    assert val.tones == [t if t and "-" not in t else None for t in (manifest[i]["skin_tone"] for i in val.ids)]
+    assert None in val.tones and any(val.tones)
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    source = manifest[val.ids[0]]
+    tones = {"A": "", "B": "1F3FD", "C": "1F3FB-1F3FE", "D": "1F3FF"}  # none, one, a mixed couple, one
+    header = ["id", "split", "group", "skin_tone", "hair", "colour", "line"]
+    with (fake / "manifest.csv").open("w", newline="") as f:
+        csv.writer(f).writerows(
+            [header] + [[i, "val", i, t, "", out / source["colour"], out / source["line"]] for i, t in tones.items()]
+        )
+    ds = PreparedOpenMoji(fake, "val")
+    assert ds.tones == [None, "1F3FD", None, "1F3FF"] and ds.groups == ["A", "B", "C", "D"]
 
 
 def test_build_dataset(study, monkeypatch):

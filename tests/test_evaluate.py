@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from linebridge.cli import main as cli_main
@@ -102,14 +103,27 @@ def test_sweep_rows(in_study, trained, tmp_path):
         )
         == 0
     )
-    rows = json.loads((out / "sweep.json").read_text())["rows"]
-    assert [(r["steps"], r["sampler"].split()[0]) for r in rows] == [
-        (10, "eta=1"),
-        (10, "deterministic"),
-        (5, "eta=1"),
-        (5, "deterministic"),
+    sweep = json.loads((out / "sweep.json").read_text())
+    rows = sweep["rows"]
+    assert sweep["split"] == "val"
+    assert [(r["weights"], r["steps"], r["sampler"].split()[0]) for r in rows] == [
+        (w, s, kind) for w in ("ema", "raw") for s in (10, 5) for kind in ("eta=1", "deterministic")
     ]
-    assert all(r["seconds_per_image"] > 0 and r["n_images"] == 4 for r in rows)
+    assert all(r["seconds_per_image"] > 0 and r["n_images"] == {"self": 4, "cross_gt": 4} for r in rows)
+    # the choice is the row with the best validation self PSNR, and evaluation reads it back
+    choice = yaml.safe_load((out / "choice.yaml").read_text())["eval"]
+    best = max(rows, key=lambda r: (round(r["metrics"]["psnr"], 2), -r["steps"]))
+    assert (choice["sample_step"], choice["weights"], choice["deterministic"]) == (
+        best["steps"],
+        best["weights"],
+        best["deterministic"],
+    )
+    evaluated = tmp_path / "chosen"
+    args = ["evaluate", "--experiment", "A3", "--profile", "tiny", "--choice", str(out / "choice.yaml")]
+    assert cli_main([*args, "--out", str(evaluated), "--no-mlflow"]) == 0
+    sampler = json.loads((evaluated / "self.json").read_text())["sampler"]
+    assert (sampler["steps"], sampler["deterministic"]) == (choice["sample_step"], choice["deterministic"])
+    assert json.loads((evaluated / "self.json").read_text())["weights"] == choice["weights"]
 
 
 def test_colorize_any_size_and_mode(in_study, trained, tmp_path):

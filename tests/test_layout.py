@@ -8,7 +8,6 @@ from pathlib import Path
 
 import grimp
 import pytest
-import yaml
 
 from linebridge.cli import COMMANDS
 from linebridge.config import load_config
@@ -23,9 +22,9 @@ def module_file(module: str) -> Path:
     return (path / "__init__.py") if path.is_dir() else path.with_suffix(".py")
 
 
-def command_module(cmd: str, item: str | None) -> str:
+def command_module(cmd: str) -> str:
     """The module whose code a stage's `linebridge COMMAND …` runs (train: the family's trainer)."""
-    words = cmd.replace("${item}", item or "").split()
+    words = cmd.split()
     assert words[0] == "linebridge", cmd
     if words[1] == "train":
         experiment = words[words.index("--experiment") + 1]
@@ -33,29 +32,21 @@ def command_module(cmd: str, item: str | None) -> str:
     return dict((name, module) for name, module, _ in COMMANDS)[words[1]]
 
 
-def stages() -> list[tuple[str, str, list[str], str | None]]:
-    """(stage name, cmd, deps, one foreach item) for every stage of dvc.yaml."""
-    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    out = []
-    for name, stage in spec["stages"].items():
-        body = stage.get("do", stage)
-        items = [None]
-        if "foreach" in stage:
-            key = stage["foreach"].strip("${} ").split(".")
-            items = params[key[0]][key[1]]
-        for item in items:
-            out.append((f"{name}@{item}" if item else name, body["cmd"], body.get("deps", []), item))
-    return out
+def stages() -> list[tuple[str, str, list[str]]]:
+    """(stage name, cmd, deps) of every stage of dvc.yaml, foreach and matrix resolved by DVC itself."""
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        return [(s.addressing, s.cmd, [d.def_path for d in s.deps]) for s in repo.index.stages if s.cmd]
 
 
 @pytest.mark.parametrize("stage", stages(), ids=lambda s: s[0])
 def test_stage_deps_cover_the_modules_its_command_imports(stage):
-    name, cmd, deps, item = stage
+    name, cmd, deps = stage
     graph = grimp.build_graph("linebridge")  # every import, including those inside functions
-    module = command_module(cmd, item)
+    module = command_module(cmd)
     needed = {module, *graph.find_upstream_modules(module)} - {"linebridge"}
-    covered = [REPO / d.replace("${item}", item or "") for d in deps]
+    covered = [REPO / d for d in deps]
     missing = sorted(m for m in needed if not any(module_file(m) == c or c in module_file(m).parents for c in covered))
     assert not missing, f"stage {name} runs code it does not depend on: {missing}"
 

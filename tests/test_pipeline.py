@@ -6,6 +6,7 @@ Real git, real DVC, real MLflow store (resolved from DVC_ROOT), real OpenMoji im
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+TINY_STUDY = {"arms": "[A0, A3]", "seeds": "[0, 1]", "minor_arms": "[A3r]", "minor_seeds": "[0, 1]"}
 
 
 def sh(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -30,8 +32,13 @@ def study(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     for name in ("dvc.yaml", "data.dvc", ".gitignore"):
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "experiments", root / "experiments")
+    shutil.copytree(REPO / "tuned", root / "tuned")
+    (root / "metrics").mkdir()
+    shutil.copy(REPO / "metrics" / "tune.json", root / "metrics" / "tune.json")  # `make tune`'s committed result
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = (REPO / "params.yaml").read_text().replace("\nprofile: default", "\nprofile: tiny", 1)
+    for key, value in TINY_STUDY.items():  # fewer runs: the same stages, each matrix with fewer items
+        params = re.sub(rf"(?m)^  {key}: .*$", f"  {key}: {value}", params, count=1)
     (root / "params.yaml").write_text(params)
     bindir = str(Path(sys.executable).parent)
     env = {
@@ -59,37 +66,54 @@ def study(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 
 def test_report_has_every_row_and_column(study):
+    from linebridge.evaluation.report import PROTOCOL_TITLES, arm_runs
+
     root, _ = study
     params = yaml.safe_load((root / "params.yaml").read_text())
     report = (root / "reports" / "ablation.md").read_text()
-    models = params["study"]["experiments"] + params["study"]["baselines"] + params["study"]["trivial"]
-    tables = report.split("### ")[1:4]
-    assert len(tables) == 3
-    for table in tables:
+    arms = list(arm_runs(params["study"]))
+    for title in PROTOCOL_TITLES.values():
+        table = report.split(f"### {title}")[1].split("###")[0]
         rows = {
             line.split("|")[1].strip(): line
             for line in table.splitlines()
-            if line.startswith("| ") and not line.startswith("| model")
+            if line.startswith("| ") and not line.startswith("| arm")
         }
-        assert set(models) <= set(rows), set(models) - set(rows)
-        for model in models:
-            assert "not run" not in rows[model], rows[model]
+        assert set(arms) <= set(rows), set(arms) - set(rows)
+        for arm in arms:
+            assert "not run" not in rows[arm], rows[arm]
     for header in ("PSNR↑", "SSIM↑", "LPIPS↓", "Edge IoU↑", "ΔE00↓", "ΔE00 tone↓", "SWD↓", "FID↓", "KID↓"):
         assert header in report
-    for section in ("## Gain of each module", "## Sampling steps", "## EMA against raw weights", "## Attribution"):
+    for section in (
+        "## Pre-declared questions",
+        "### Null control",
+        "## Secondary metrics",
+        "## Targets for the full method",
+        "## Convergence",
+        "## Learning efficiency",
+        "## Sampler choice",
+        "## Attribution",
+    ):
         assert section in report
-    assert "A0→A1" in report and "| 200 |" in report
-    for fig in ("samples.png", "loss_curves.png", "metric_bars.png", "data_contact_sheet.png"):
+    first = params["study"]["contrasts"][0]
+    assert f"| {first['b']} − {first['a']} |" in report and "Holds:" in report
+    for fig in (
+        "samples.png",
+        "loss_curves.png",
+        "metric_bars.png",
+        "learning_efficiency.png",
+        "data_contact_sheet.png",
+    ):
         assert (root / "reports" / "figures" / fig).stat().st_size > 1000
 
 
 def test_metrics_and_mlflow_runs(study):
     root, env = study
     shown = sh(["dvc", "metrics", "show"], root, env)
-    assert "metrics/train/A3.json" in shown and "best_val_loss" in shown
+    assert "metrics/train/A3-s1.json" in shown and "best_val_loss" in shown
     with sqlite3.connect(root / "mlflow.db") as db:
         names = {r[0] for r in db.execute("select name from runs")}
-    assert {"train-A0", "train-A3", "train-pix2pix"} <= names
+    assert {"train-A0-s0", "train-A3-s1", "train-A3r-s0", "train-A3old-s0", "train-pix2pix"} <= names
 
 
 def test_second_repro_is_a_noop(study):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import yaml
 from linebridge.schema import problems
 
 Config = dict[str, Any]
+RUN_NAME = re.compile(r"^(?P<arm>.+)-s(?P<seed>\d+)$")  # A3-s1: experiments/A3.yaml trained with seed 1
 
 
 class UserError(ValueError):
@@ -113,17 +115,21 @@ def load_config(
                 f"{root / 'params.yaml'}: no profile '{profile}'. Profiles: default, {', '.join(profiles)}"
             )
         cfg = merge(cfg, profiles[profile], f"params.yaml profiles.{profile}")
-    if experiment:
-        exp_path = root / "experiments" / f"{experiment}.yaml"
+    arm, seed = split_run_name(experiment, root)
+    if arm:
+        exp_path = root / "experiments" / f"{arm}.yaml"
         if not exp_path.exists():
             known = sorted(p.stem for p in (root / "experiments").glob("*.yaml"))
             raise ConfigError(f"{exp_path}: no such experiment. Known: {', '.join(known)}")
         exp = read_yaml(exp_path)
         description = str(exp.pop("description", ""))
         cfg = merge(cfg, exp, str(exp_path))
+    if seed is not None:
+        cfg["seed"] = seed
     for text in overrides:
         cfg = merge(cfg, parse_override(text), f"--set {text}")
     cfg["experiment"] = experiment or "base"
+    cfg["arm"] = arm or "base"
     cfg["profile"] = profile or "default"
     cfg["description"] = description
     bad = problems(cfg)
@@ -134,6 +140,21 @@ def load_config(
             + "\n  ".join(bad)
         )
     return cfg
+
+
+def split_run_name(name: str | None, root: Path) -> tuple[str | None, int | None]:
+    """`A3-s1` → ("A3", 1): an arm trained with another seed; a name with its own experiment file is itself."""
+    match = RUN_NAME.match(name or "")
+    if match and not (root / "experiments" / f"{name}.yaml").exists():
+        return match["arm"], int(match["seed"])
+    return name, None
+
+
+def study_runs(study: Config) -> list[str]:
+    """Every BBDM run the study trains, as ARM-sSEED: arms × seeds, minor arms × minor seeds, the old recipe."""
+    runs = [f"{arm}-s{seed}" for arm in study["arms"] for seed in study["seeds"]]
+    runs += [f"{arm}-s{seed}" for arm in study["minor_arms"] for seed in study["minor_seeds"]]
+    return runs + [f"{study['old_recipe']}-s{study['seeds'][0]}"]
 
 
 def flatten(cfg: Config, prefix: str = "") -> dict[str, Any]:
@@ -151,7 +172,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, experiment: bool = Fal
     """The options every configured command shares: --profile and repeatable --set (and --experiment)."""
     if experiment:
         parser.add_argument(
-            "--experiment", required=True, help=f"experiment id: A0..A4, pix2pix, scft (experiments/ID.yaml){what}"
+            "--experiment",
+            required=True,
+            help=f"experiment id: A0..A5, pix2pix, scft (experiments/ID.yaml); ID-sN trains it with seed N{what}",
         )
     parser.add_argument(
         "--profile", default=None, help="params.yaml profile: the default CPU profile, 'paper' (GPU) or 'tiny' (tests)"

@@ -122,6 +122,7 @@ class TrainingRun:
         self.epoch, self.step, self.best_val, self.bad_epochs = 0, 0, math.inf, 0
         self.history: list[dict[str, Any]] = []
         self.wall = 0.0
+        self.epoch_walls: list[float] = []
 
     @property
     def name(self) -> str:
@@ -130,6 +131,9 @@ class TrainingRun:
     @property
     def stopped_early(self) -> bool:
         return self.bad_epochs >= self.patience
+
+    def epoch_checkpoint(self, epoch: int) -> Path:
+        return self.paths.out / "epochs" / f"epoch_{epoch:03d}.pt"
 
     @property
     def going(self) -> bool:
@@ -169,7 +173,9 @@ class TrainingRun:
         )
         self.history = state["history"]
         timing = last.with_name("timing.json")
-        self.wall = json.loads(timing.read_text())["wall_time_s"] if timing.exists() else 0.0
+        times = json.loads(timing.read_text()) if timing.exists() else {}
+        self.wall = times.get("wall_time_s", 0.0)
+        self.epoch_walls = times.get("epoch_wall_s", [])[: self.epoch]
         if self.ddp.main:
             print(f"resuming {self.name} after epoch {self.epoch} (step {self.step})")
 
@@ -211,12 +217,14 @@ class TrainingRun:
         log: str,
         metrics: dict[str, float] | None = None,
         sample: Callable[[Path], Path] | None = None,
+        keep: bool = False,
         on_epoch: EpochCallback | None = None,
     ) -> None:
         """Record one finished epoch: history, best/early stop, checkpoints, MLflow, then `on_epoch`.
 
         `best_state()` / `last_state()` build the loop's checkpoint contents (the counters are
-        added here); `log` is the loop's own progress line; `sample(path)` writes a sample grid.
+        added here); `log` is the loop's own progress line; `sample(path)` writes a sample grid;
+        `keep` also saves this epoch's weights as epochs/epoch_NNN.pt (for learning curves).
         """
         val_loss = self.ddp.from_main(val_loss)  # every rank decides best and early stop on rank 0's value
         self.wall += seconds
@@ -224,6 +232,7 @@ class TrainingRun:
         self.history.append(
             {"epoch": self.epoch, "step": self.step, "train_loss": train_loss, "val_loss": val_loss, "lr": lr}
         )
+        self.epoch_walls.append(round(self.wall, 1))  # training seconds so far, kept out of the checkpoint
         improved = val_loss < self.best_val - self.min_delta
         if improved:
             self.best_val, self.bad_epochs = val_loss, 0
@@ -235,18 +244,11 @@ class TrainingRun:
                 f"{self.name} epoch {self.epoch}: {log}  {images / seconds:.0f} img/s{'  (best)' if improved else ''}",
                 flush=True,
             )
+        weights = {"kind": self.kind, "config": self.cfg, "epoch": self.epoch, "step": self.step, "val_loss": val_loss}
         if improved and main:
-            checkpoint.save(
-                {
-                    "kind": self.kind,
-                    "config": self.cfg,
-                    **best_state(),
-                    "epoch": self.epoch,
-                    "step": self.step,
-                    "val_loss": val_loss,
-                },
-                self.paths.best,
-            )
+            checkpoint.save({**weights, **best_state()}, self.paths.best)
+        if keep and main:
+            checkpoint.save({**weights, **best_state()}, self.epoch_checkpoint(self.epoch))
         if self.log_mlflow:
             from linebridge import tracking
 
@@ -275,7 +277,8 @@ class TrainingRun:
                 "history": self.history,
             }
             checkpoint.save(state, self.paths.last)  # the wall time beside it keeps checkpoints byte-reproducible
-            write_atomic(self.paths.last.with_name("timing.json"), json.dumps({"wall_time_s": self.wall}) + "\n")
+            times = {"wall_time_s": self.wall, "epoch_wall_s": self.epoch_walls}
+            write_atomic(self.paths.last.with_name("timing.json"), json.dumps(times) + "\n")
         if on_epoch is not None:
             on_epoch(self.epoch, val_loss)
 
@@ -297,6 +300,7 @@ class TrainingRun:
             "stopped_early": self.stopped_early,
             "train_images": train_images,
             "wall_time_s": round(self.wall, 1),
+            "epoch_wall_s": self.epoch_walls,  # training seconds at each epoch's end (history.csv stays byte-stable)
         }
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")

@@ -56,6 +56,7 @@ class Augment(Section):
     use_tps: bool
     tps_scale: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
     jitter: Jitter
+    reference_source: Literal["self", "same_tone"]
 
 
 class Bridge(Section):
@@ -97,6 +98,7 @@ class Train(Section):
     lr: PosFloat
     weight_decay: NonNegFloat
     betas: Annotated[list[Fraction], Field(min_length=2, max_length=2)]
+    warmup_steps: NonNegInt
     eta_min: NonNegFloat
     grad_clip: PosFloat
     ema_rate: Fraction
@@ -108,6 +110,7 @@ class Train(Section):
     sample_every: PosInt
     max_train_images: NonNegInt
     max_val_images: NonNegInt
+    keep_epochs: bool
 
 
 class Perf(Section):
@@ -119,6 +122,8 @@ class Perf(Section):
 class Eval(Section):
     sample_step: Annotated[int, Field(ge=2)]
     eta: NonNegFloat
+    deterministic: bool
+    weights: Literal["ema", "raw"]
     clip_denoised: bool
     max_per_group: NonNegInt
     sweep_steps: Annotated[list[Annotated[int, Field(ge=2)]], Field(min_length=1)]
@@ -196,6 +201,7 @@ class Params(Section):
     tune: Tune
     baselines: Baselines
     experiment: str
+    arm: str
     profile: str
     description: str
 

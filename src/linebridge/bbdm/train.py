@@ -1,6 +1,6 @@
 """Train one BBDM experiment, read top to bottom.
 
-    config → data → network + bridge → loop(epochs: batches → loss → AdamW → EMA)
+    config → data → network + bridge → loop(epochs: batches → loss → AdamW → lr step → EMA)
            → validate (EMA, fixed timesteps) → checkpoint / early stop (runs.TrainingRun)
 
 Determinism: one seed drives everything; the batch order of epoch e comes from
@@ -12,6 +12,7 @@ was never stopped. Checkpoints are taken at epoch ends.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from linebridge.bbdm.losses import LPIPS_LOSS_NET, edge_weighted_l1, lpips_loss
 from linebridge.bbdm.sampling import build_bridge, colorize
 from linebridge.bbdm.unet import build_model, use_channels_last
 from linebridge.config import Config, UserError
-from linebridge.data.batches import batches, collate, reference_for, validation_rng
+from linebridge.data.batches import SameToneDonors, batches, collate, reference_for, validation_rng
 from linebridge.pretrained import load_lpips
 from linebridge.runs import EpochCallback, NanWatch, Paths, TrainingRun, limited, save_sample_grid
 
@@ -59,6 +60,25 @@ def make_optimizer(net: nn.Module, cfg: Config, fused: bool | None = None) -> to
     return torch.optim.AdamW(
         net.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"], betas=tuple(tc["betas"]), fused=fused or None
     )
+
+
+def lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
+    """Multiplier of train.lr after `step` optimiser steps: linear warm-up, then a cosine down to `floor`.
+
+    The floor (eta_min / lr) keeps a short run learning at its end instead of spending its last
+    quarter at lr ≈ 0; the warm-up keeps Adam's first, badly estimated steps small.
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
+    """The per-step lr schedule of `lr_factor` over train.epochs × steps_per_epoch steps."""
+    tc = cfg["train"]
+    total, floor = tc["epochs"] * steps_per_epoch, tc["eta_min"] / tc["lr"]
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total, tc["warmup_steps"], floor))
 
 
 def train_step(
@@ -188,8 +208,9 @@ def train(
         model = torch.compile(model)
     bridge = build_bridge(cfg).to(device)
     opt = make_optimizer(net, cfg)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=tc["epochs"], eta_min=tc["eta_min"])
+    sched = make_scheduler(opt, cfg, len(batches(train_set, tc["batch_size"], cfg["seed"], 0)))
     ema = EMA(net, tc["ema_rate"], tc["ema_start"])
+    donors = SameToneDonors(train_set) if cfg["augment"]["reference_source"] == "same_tone" else None
 
     def restore(state: dict[str, Any]) -> None:
         net.load_state_dict(state["model"])
@@ -211,7 +232,8 @@ def train(
             bar = run.progress(epoch_batches, progress)
             for i, idx in enumerate(bar):
                 batch = collate(train_set, idx, device)
-                ref = reference_for(batch["GT"], cfg)
+                source = batch["GT"] if donors is None else collate(train_set, donors.pick(idx), device)["GT"]
+                ref = reference_for(source, cfg)
                 t = torch.randint(0, bridge.num_timesteps, (len(idx),)).to(device)
                 noise = torch.randn(batch["GT"].shape).to(device)
                 mine = ddp.my_slice(len(idx))  # the whole slice in a single process
@@ -226,6 +248,7 @@ def train(
                     noise[mine],
                     cfg,
                 )
+                sched.step()
                 run.step += 1
                 watch.update(run.step, loss)
                 ema.update(net, run.step)
@@ -235,7 +258,6 @@ def train(
                     bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
             seconds = time.perf_counter() - t0
             lr = opt.param_groups[0]["lr"]
-            sched.step()
             val_loss = validate(ema.shadow, bridge, val_set, cfg, device)
             train_loss = (sums / max(seen, 1)).item()
             run.end_epoch(
@@ -253,6 +275,7 @@ def train(
                     "scheduler": sched.state_dict(),
                 },
                 sample=lambda path: sample_grid(ema.shadow, bridge, val_set, cfg, device, path),
+                keep=tc["keep_epochs"],
                 on_epoch=on_epoch,
             )
     except BaseException:

@@ -3,18 +3,20 @@
 The batch order of an epoch depends only on (seed, epoch), and validation draws its
 timesteps, noise and references under a fixed seed, so runs, resumes and loss curves are
 comparable. `reference_for` is the training reference: the target, TPS-warped and
-colour-jittered (`data.augment`).
+colour-jittered (`data.augment`); `SameToneDonors` swaps the target for another drawing
+in the same skin tone (augment.reference_source = same_tone).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
-from linebridge.config import Config
+from linebridge.config import Config, UserError
 
 VALIDATION_SEED_OFFSET = 7919  # validation's RNG stream: cfg seed + this, apart from training's
 
@@ -51,3 +53,38 @@ def reference_for(gt: Tensor, cfg: Config) -> Tensor:
 
     a = cfg["augment"]
     return make_reference(gt, a["use_tps"], a["tps_scale"], a["jitter"])
+
+
+class SameToneDonors:
+    """For each training picture with one skin tone, a reference source from another drawing in that tone.
+
+    Trained only on warped copies of its own target, a model can learn to copy colours by
+    position; a reference from a different drawing (another group) that shares only the skin
+    tone makes the tone the one thing worth reading from it, which is what the cross_gt
+    protocol asks at test time. Pictures without a single tone keep their own target. Draws
+    come from the global RNG, so they replay on resume like the rest of training.
+    """
+
+    def __init__(self, dataset) -> None:
+        base, index = (dataset.dataset, list(dataset.indices)) if hasattr(dataset, "indices") else (dataset, None)
+        if not hasattr(base, "tones"):
+            raise UserError(
+                "augment.reference_source=same_tone needs skin tones, which only the prepared OpenMoji data has; "
+                "use reference_source=self with data.dataset folder or pairs"
+            )
+        index = index if index is not None else list(range(len(base)))
+        self.tones = [base.tones[i] for i in index]
+        self.groups = [base.groups[i] for i in index]
+        self.by_tone: dict[str, list[int]] = defaultdict(list)
+        for i, tone in enumerate(self.tones):
+            if tone is not None:
+                self.by_tone[tone].append(i)
+
+    def pick(self, indices: list[int]) -> list[int]:
+        """A donor index per item: a random same-tone item of another group, or the item itself."""
+        out = []
+        for i in indices:
+            tone = self.tones[i]
+            candidates = [j for j in self.by_tone.get(tone, ()) if self.groups[j] != self.groups[i]] if tone else []
+            out.append(candidates[int(torch.randint(len(candidates), ()))] if candidates else i)
+        return out

@@ -1,4 +1,4 @@
-"""PyTorch datasets: prepared OpenMoji, the fixed test protocols, and your own folders.
+"""PyTorch datasets: prepared OpenMoji, the fixed test and val protocols, and your own folders.
 
 Every item is a dict of float32 tensors in [-1, 1] plus the item's `id` (str):
 
@@ -7,8 +7,8 @@ Every item is a dict of float32 tensors in [-1, 1] plus the item's `id` (str):
     ref      [3, H, W]  colour reference
 
 For training sets `ref` is the target itself: the training loop makes the real
-reference on the device (`augment.make_reference`), batched.  The test protocols
-(`ProtocolDataset`) carry the fixed references that `prepare` saved.
+reference on the device (`augment.make_reference`), batched.  The protocols
+(`ProtocolDataset`, test or val) carry the fixed references that `prepare` saved.
 
 Bad input is answered with a `UserError` that names the file and the fix.  Images in
 other modes are converted, not rejected: alpha (RGBA, LA, P with transparency) is
@@ -34,7 +34,16 @@ from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
 from linebridge.config import Config, ConfigError, UserError, repo_root
-from linebridge.data.splits import PROTOCOLS, SPLITS, key_fraction, parse_fractions, split_of
+from linebridge.data.openmoji import SKIN_TONES
+from linebridge.data.splits import (
+    PROTOCOL_SPLITS,
+    PROTOCOLS,
+    SPLITS,
+    key_fraction,
+    parse_fractions,
+    protocol_dir,
+    split_of,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 EXTRACTORS = ("xdog", "find_edges")
@@ -191,7 +200,12 @@ class _InMemory(Dataset):
 
 
 class PreparedOpenMoji(_InMemory):
-    """One split (train | val | test) of the prepared OpenMoji; `ref` is the target itself."""
+    """One split (train | val | test) of the prepared OpenMoji; `ref` is the target itself.
+
+    Per item, beside `ids`: `groups`, the drawing it is a variant of, and `tones`, the
+    single skin tone shared by everyone in the picture (a modifier 1F3FB..1F3FF, as
+    prepare's `Emoji.tone` decides), else None (no person, or a mixed-tone couple).
+    """
 
     def __init__(self, prepared_dir: str | Path, split: str) -> None:
         root = Path(prepared_dir)
@@ -202,6 +216,7 @@ class PreparedOpenMoji(_InMemory):
             raise UserError(f"{root}: the {split} split is empty; raise data.limit_groups or {PREPARE_HINT}")
         self.ids = [r["id"] for r in rows]
         self.groups = [r["group"] for r in rows]
+        self.tones: list[str | None] = [r["skin_tone"] if r["skin_tone"] in SKIN_TONES else None for r in rows]
         self.tensors = {
             "GT": torch.stack([_png(root / r["colour"], "RGB") for r in rows]),
             "lineart": torch.stack([_png(root / r["line"], "L") for r in rows]),
@@ -209,7 +224,10 @@ class PreparedOpenMoji(_InMemory):
 
 
 class ProtocolDataset(_InMemory):
-    """The fixed test items of one test protocol: self | cross_gt | cross_random.
+    """The fixed items of one protocol (self | cross_gt | cross_random) of a split (test | val).
+
+    split="test" reads `protocols/<name>.csv`, split="val" reads `protocols/val/<name>.csv`:
+    the same protocols over the val items, for choosing checkpoints without touching test.
 
     Items also carry `ref_id` (the emoji the reference was made from) and `mask`
     [1,H,W] float 0/1: the tone region for cross_gt (where ΔE is measured), all ones
@@ -218,15 +236,25 @@ class ProtocolDataset(_InMemory):
     another emoji, so there is no paired ground truth).
     """
 
-    def __init__(self, prepared_dir: str | Path, protocol: str) -> None:
+    def __init__(self, prepared_dir: str | Path, protocol: str, split: str = "test") -> None:
         root = Path(prepared_dir)
         if protocol not in PROTOCOLS:
             raise UserError(f"protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
-        rows = _read_csv(root / "protocols" / f"{protocol}.csv")
+        if split not in PROTOCOL_SPLITS:
+            raise UserError(f"protocol split {split!r}: use one of {', '.join(PROTOCOL_SPLITS)}")
+        folder = root / protocol_dir(split) / protocol
+        table = folder.with_suffix(".csv")
+        if split != "test" and not table.exists():  # prepared data from before the val protocols has none
+            raise UserError(
+                f"{table}: missing; re-run `linebridge prepare` (or `dvc repro prepare`): "
+                f"prepared data made before the {split} protocols existed lacks them"
+            )
+        rows = _read_csv(table)
         if not rows:
-            raise UserError(f"{root}: protocol {protocol} has no items; raise data.limit_groups and {PREPARE_HINT}")
-        folder = root / "protocols" / protocol
-        self.protocol = protocol
+            raise UserError(
+                f"{root}: {split} protocol {protocol} has no items; raise data.limit_groups and {PREPARE_HINT}"
+            )
+        self.protocol, self.split = protocol, split
         self.ids = [r["id"] for r in rows]
         self.ref_ids = [r["ref_source"] for r in rows]
         self.groups = [r["group"] for r in rows]  # the drawing each item is a variant of (for clustered statistics)

@@ -1,22 +1,26 @@
-"""`linebridge prepare` — the DVC `prepare` stage: render, split, and fix the test references.
+"""`linebridge prepare` — the DVC `prepare` stage: render, split, and fix the test and val references.
 
 From the SVGs in `data.raw_dir` it writes `data.prepared_dir`:
 
     colour/<id>.png          RGB colour target at data.image_size (white background)
     line/<id>.png            L line art: the artist's `line*` groups, black on white
     manifest.csv             id, split, group, skin_tone, hair, colour, line (sorted by id)
-    info.json                sizes, seed, fractions, counts, skipped ids
+    info.json                sizes, seed, fractions, counts, protocol sizes (test, val), skipped ids
     protocols/<name>.csv     one row per test item of protocol self | cross_gt | cross_random
     protocols/<name>/ref/<id>.png    its fixed reference (TPS-warped, no colour jitter)
     protocols/cross_gt/mask/<id>.png the tone region (255 where the tone variants differ)
+    protocols/val/<name>.csv              the same three protocols over the val items,
+    protocols/val/<name>/ref/<id>.png     built the same way from val emoji only
+    protocols/val/cross_gt/mask/<id>.png  (tone masks over the val tone families)
 
 Splits are by drawing: a group is a connected component of emoji that share a base emoji
 (`openmoji.group_key`) or an identical line layer (`openmoji.drawing_groups`), so no
 drawing is in two splits; a group's split comes from a hash of its name, so it does not
-change when `limit_groups` trims the set.  The test
-references are drawn once with the `seed` of params.yaml, so every
-model meets identical inputs.  Output is byte-identical from run to run and appears
-atomically: it is built in `.<name>.tmp` beside the target and renamed into place.
+change when `limit_groups` trims the set.  The test and val references are drawn once
+with the `seed` of params.yaml, so every model meets identical inputs; the val draws are
+a separate stream of that seed (`protocol_seeds`), so the test references do not depend
+on the val split.  Output is byte-identical from run to run and appears atomically: it
+is built in `.<name>.tmp` beside the target and renamed into place.
 """
 
 from __future__ import annotations
@@ -48,7 +52,16 @@ from linebridge.data.openmoji import (
     staging_dir,
     strip_skin_tones,
 )
-from linebridge.data.splits import PROTOCOLS, SPLITS, key_fraction, parse_fractions, split_of, spread
+from linebridge.data.splits import (
+    PROTOCOL_SPLITS,
+    PROTOCOLS,
+    SPLITS,
+    key_fraction,
+    parse_fractions,
+    protocol_dir,
+    split_of,
+    spread,
+)
 from linebridge.io import write_atomic
 
 CONTACT_SHEET = Path("reports/figures/data_contact_sheet.png")
@@ -121,12 +134,12 @@ def catalogue(raw_dir: Path, cfg: Config) -> list[Emoji]:
 
 
 def _pairs(test: list[Emoji], rng: np.random.Generator, same_tone: bool) -> list[tuple[Emoji, Emoji]]:
-    """(item, reference source) pairs: the source is a random test emoji of another group.
+    """(item, reference source) pairs: the source is a random emoji of another group of the same split.
 
     The source's group is drawn first, uniformly, then an emoji within it, so groups
     with a hundred variants (couples) do not dominate the references.  With
     `same_tone`, only items with a single skin tone take part, and the source has that
-    same tone (cross_gt); otherwise every test item gets one (cross_random).
+    same tone (cross_gt); otherwise every item gets one (cross_random).
     """
     pairs = []
     for item in test:
@@ -143,7 +156,7 @@ def _pairs(test: list[Emoji], rng: np.random.Generator, same_tone: bool) -> list
 
 
 def tone_masks(test: list[Emoji], colour: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """For each single-tone test emoji: pixels where its skin-tone variants differ (uint8 0/255).
+    """For each single-tone emoji of `test` (one split): pixels where its skin-tone variants differ (uint8 0/255).
 
     Variants share one line drawing and differ only there, so this is the skin (and any
     tone-dependent hair): the region where ΔE shows whether the reference's tone arrived.
@@ -158,6 +171,19 @@ def tone_masks(test: list[Emoji], colour: dict[str, np.ndarray]) -> dict[str, np
         mask = ((stack.max(0) - stack.min(0)).max(-1) > 0).astype(np.uint8) * 255
         masks.update({i: mask for i in members})
     return masks
+
+
+def protocol_seeds(seed: int, split: str, index: int) -> tuple[np.random.Generator, int]:
+    """The pairing RNG and the TPS-warp seed of protocol number `index` of `split`.
+
+    Test keeps its original draws (`[seed, index]` and `seed·3 + index`); the other splits
+    take two children of a seed sequence keyed by (seed, index, split number), a separate
+    stream, so the val protocols never shift the test references.
+    """
+    if split == "test":
+        return np.random.default_rng([seed, index]), seed * len(PROTOCOLS) + index
+    pairing, warping = np.random.SeedSequence([seed, index, SPLITS.index(split)]).spawn(2)
+    return np.random.default_rng(pairing), int(warping.generate_state(1, np.uint64)[0])
 
 
 def warp_all(images: list[np.ndarray], tps_scale: float, seed: int) -> list[np.ndarray]:
@@ -194,14 +220,16 @@ def prepare(cfg: Config, root: Path | None = None, contact_sheet: Path | None = 
 
     tmp = staging_dir(out_dir)
     try:
-        kept, skipped, test_colour = _render_all(raw_dir, emojis, size, tmp)
+        kept, skipped, eval_colour = _render_all(raw_dir, emojis, size, tmp)
         _write_csv(
             tmp / "manifest.csv",
             ["id", "split", "group", "skin_tone", "hair", "colour", "line"],
             ([e.id, e.split, e.group, e.skin_tone, e.hair, f"colour/{e.id}.png", f"line/{e.id}.png"] for e in kept),
         )
-        test = [e for e in kept if e.split == "test"]
-        protocols = _write_protocols(tmp, test, test_colour, cfg)
+        protocols = {
+            split: _write_protocols(tmp, [e for e in kept if e.split == split], eval_colour, cfg, split)
+            for split in PROTOCOL_SPLITS
+        }
         summary = {
             "image_size": size,
             "seed": int(cfg["seed"]),
@@ -212,12 +240,13 @@ def prepare(cfg: Config, root: Path | None = None, contact_sheet: Path | None = 
                 s: {"images": sum(e.split == s for e in kept), "groups": len({e.group for e in kept if e.split == s})}
                 for s in SPLITS
             },
-            "protocols": {name: len(rows) for name, rows in protocols.items()},
+            "protocols": {name: len(rows) for name, rows in protocols["test"].items()},
+            "protocols_val": {name: len(rows) for name, rows in protocols["val"].items()},
             "skipped": skipped,
         }
         (tmp / "info.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         if contact_sheet is not None:
-            _contact_sheet(root / contact_sheet, tmp, test, protocols)
+            _contact_sheet(root / contact_sheet, tmp, [e for e in kept if e.split == "test"], protocols["test"])
         replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -227,12 +256,12 @@ def prepare(cfg: Config, root: Path | None = None, contact_sheet: Path | None = 
 def _render_all(
     raw_dir: Path, emojis: list[Emoji], size: int, tmp: Path
 ) -> tuple[list[Emoji], list[str], dict[str, np.ndarray]]:
-    """Render colour and line art PNGs into `tmp`; returns kept emojis, skipped ids, test colours."""
+    """Render colour and line art PNGs into `tmp`; returns kept emojis, skipped ids, val and test colours."""
     (tmp / "colour").mkdir()
     (tmp / "line").mkdir()
     kept: list[Emoji] = []
     skipped: list[str] = []
-    test_colour: dict[str, np.ndarray] = {}
+    eval_colour: dict[str, np.ndarray] = {}
     for e in tqdm(emojis, desc=f"render {size}px", unit="emoji"):
         path = raw_dir / f"{e.id}.svg"
         try:
@@ -246,26 +275,30 @@ def _render_all(
         colour.save(tmp / "colour" / f"{e.id}.png")
         line.save(tmp / "line" / f"{e.id}.png")
         kept.append(e)
-        if e.split == "test":
-            test_colour[e.id] = np.asarray(colour)
-    return kept, skipped, test_colour
+        if e.split in PROTOCOL_SPLITS:
+            eval_colour[e.id] = np.asarray(colour)
+    return kept, skipped, eval_colour
 
 
 def _write_protocols(
-    tmp: Path, test: list[Emoji], colour: dict[str, np.ndarray], cfg: Config
+    tmp: Path, items: list[Emoji], colour: dict[str, np.ndarray], cfg: Config, split: str
 ) -> dict[str, list[dict[str, str]]]:
-    """Draw and save the fixed references of the three protocols; returns their CSV rows."""
+    """Draw and save the fixed references of the three protocols over `items` (all of `split`).
+
+    Pairs, masks and references come from `split` alone; returns the CSV rows.
+    """
     seed, tps_scale = int(cfg["seed"]), float(cfg["augment"]["tps_scale"])
-    masks = tone_masks(test, colour)
+    masks = tone_masks(items, colour)
+    out = tmp / protocol_dir(split)
     rows: dict[str, list[dict[str, str]]] = {}
     for index, name in enumerate(PROTOCOLS):
-        rng = np.random.default_rng([seed, index])
+        rng, warp_seed = protocol_seeds(seed, split, index)
         if name == "self":
-            pairs = [(e, e) for e in test]
+            pairs = [(e, e) for e in items]
         else:
-            pairs = _pairs(test, rng, same_tone=name == "cross_gt")
-        refs = warp_all([colour[src.id] for _, src in pairs], tps_scale, seed * len(PROTOCOLS) + index)
-        folder = tmp / "protocols" / name
+            pairs = _pairs(items, rng, same_tone=name == "cross_gt")
+        refs = warp_all([colour[src.id] for _, src in pairs], tps_scale, warp_seed)
+        folder = out / name
         (folder / "ref").mkdir(parents=True)
         if name == "cross_gt":
             (folder / "mask").mkdir()
@@ -277,7 +310,7 @@ def _write_protocols(
                 Image.fromarray(masks[item.id], "L").save(folder / "mask" / f"{item.id}.png")
             values = [item.id, item.id, src.id, item.group, src.group, item.skin_tone]
             rows[name].append(dict(zip(header, values)))
-        _write_csv(tmp / "protocols" / f"{name}.csv", header, (list(r.values()) for r in rows[name]))
+        _write_csv(out / f"{name}.csv", header, (list(r.values()) for r in rows[name]))
     return rows
 
 
@@ -356,7 +389,8 @@ def main(args: argparse.Namespace) -> int:
     summary = prepare(cfg, contact_sheet=args.contact_sheet)
     counts = ", ".join(f"{s} {c['images']} images / {c['groups']} groups" for s, c in summary["splits"].items())
     print(f"{cfg['data']['prepared_dir']}: {counts}")
-    print("protocols: " + ", ".join(f"{name} {n}" for name, n in summary["protocols"].items()))
+    print("test protocols: " + ", ".join(f"{name} {n}" for name, n in summary["protocols"].items()))
+    print("val protocols: " + ", ".join(f"{name} {n}" for name, n in summary["protocols_val"].items()))
     if summary["skipped"]:
         print(f"skipped {len(summary['skipped'])} emoji(s) with nothing drawn: {' '.join(summary['skipped'])}")
     return 0

@@ -1,4 +1,4 @@
-"""Which split an emoji belongs to, the test protocols, and evenly spread subsets.
+"""Which split an emoji belongs to, the fixed protocols, and evenly spread subsets.
 
 Splits are by group through a hash of the group key, so an emoji's split never changes
 when other emojis are added or a subset of groups is taken.
@@ -12,6 +12,7 @@ from linebridge.config import ConfigError
 
 SPLITS = ("train", "val", "test")
 PROTOCOLS = ("self", "cross_gt", "cross_random")
+PROTOCOL_SPLITS = ("test", "val")  # the splits `prepare` fixes protocol references for
 GRID_ITEMS = 8  # items a sample grid shows, spread over the evaluated set
 
 
@@ -37,6 +38,13 @@ def parse_fractions(value: object) -> tuple[float, float, float]:
     if len(fractions) != 3 or min(fractions) < 0 or fractions[0] <= 0 or fractions[2] <= 0:
         raise ConfigError(f"data.split_fractions={value!r}: give three numbers [train, val, test], train and test > 0")
     return fractions  # type: ignore[return-value]
+
+
+def protocol_dir(split: str) -> str:
+    """Where the protocols of `split` live inside the prepared data: `protocols` (test) or `protocols/val`."""
+    if split not in PROTOCOL_SPLITS:
+        raise ValueError(f"split {split!r} has no protocols: use one of {', '.join(PROTOCOL_SPLITS)}")
+    return "protocols" if split == "test" else f"protocols/{split}"
 
 
 def spread(count: int, n: int) -> list[int]:

@@ -18,14 +18,17 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from linebridge.config import UserError, add_config_arguments, load_config, repo_root
+from linebridge.config import UserError, add_config_arguments, load_config, repo_root, tuned_overrides
 from linebridge.data.datasets import ProtocolDataset
 from linebridge.data.splits import GRID_ITEMS, PROTOCOLS, spread
 from linebridge.evaluation import metrics as M
@@ -48,13 +51,16 @@ def stratified(groups: list[str], per_group: int) -> list[int]:
     return keep
 
 
-def load_protocol(prepared_dir: Path, protocol: str, max_per_group: int = 0, limit: int = 0) -> dict[str, Any]:
+def load_protocol(
+    prepared_dir: Path, protocol: str, max_per_group: int = 0, limit: int = 0, split: str = "test"
+) -> dict[str, Any]:
     """One protocol's items as stacked tensors: every cross_gt triple; self and cross_random
     group-stratified (at most `max_per_group` variants of each drawing), so no drawing with
-    many variants dominates; `limit` then keeps the first items (the sweep's budget)."""
-    ds = ProtocolDataset(prepared_dir, protocol)
+    many variants dominates; `limit` then keeps items spread evenly over them (the sweep's
+    budget on the validation split)."""
+    ds = ProtocolDataset(prepared_dir, protocol, split)
     keep = stratified(ds.groups, 0 if protocol == "cross_gt" else max_per_group)
-    items = [ds[i] for i in (keep[:limit] if limit else keep)]
+    items = [ds[keep[i]] for i in (spread(len(keep), limit) if limit and limit < len(keep) else range(len(keep)))]
     return {
         key: torch.stack(values) if isinstance(values[0], Tensor) else values
         for key, values in ((k, [it[k] for it in items]) for k in items[0])
@@ -198,93 +204,184 @@ def save_outputs(path: Path, fake: Tensor, n: int = GRID_ITEMS) -> None:
     save_with(path, lambda tmp: save_image((fake[k] + 1) / 2, tmp, nrow=len(k), padding=0))
 
 
-def sweep(checkpoint: Path, cfg: dict[str, Any], out_path: Path) -> list[dict[str, Any]]:
-    """Quality and seconds per image for each step count in eval.sweep_steps, η = 1 and deterministic.
+VAL_PROTOCOLS = ("self", "cross_gt")  # the protocols with a ground truth, on the validation split
 
-    On the first eval.sweep_images items of the (group-stratified) self-reference protocol (the same items,
-    references and seed for every row).
+
+def validation_quality(fn, data: dict[str, dict[str, Any]], seed: int) -> dict[str, float]:
+    """Mean validation metrics of a colorizer: self PSNR/SSIM/ΔE00/tint and cross_gt tone ΔE00."""
+    values = {}
+    for protocol, items in data.items():
+        per_image = per_image_metrics(fn(items["lineart"], items["ref"], seed), items, protocol)
+        names = ("psnr", "ssim", "delta_e", "tint_rate") if protocol == "self" else ("delta_e_tone",)
+        values.update({k: float(per_image[k].double().nanmean()) for k in names})
+    return values
+
+
+def validation_sets(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """eval.sweep_images group-stratified items of each validation protocol (the same for every setting)."""
+    ec, prepared = cfg["eval"], Path(repo_root() / cfg["data"]["prepared_dir"])
+    return {p: load_protocol(prepared, p, ec["max_per_group"], ec["sweep_images"], split="val") for p in VAL_PROTOCOLS}
+
+
+def sweep(checkpoint: Path, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Choose the sampler on the validation split: steps × {η = 1, deterministic} × {EMA, raw weights}.
+
+    Writes OUT/sweep.json (every row) and OUT/choice.yaml (the setting with the highest
+    validation self PSNR; ties go to fewer steps), which every test evaluation of the study
+    reads, so the test split is evaluated once, with a setting it did not choose.
     """
     from linebridge.inference import load_colorizer
 
     ec = cfg["eval"]
-    prepared = Path(repo_root() / cfg["data"]["prepared_dir"])
-    data = load_protocol(prepared, "self", ec["max_per_group"], limit=ec["sweep_images"])
+    data = validation_sets(cfg)
     rows = []
-    for steps in ec["sweep_steps"]:
-        for deterministic in (False, True):
-            fn, _ = load_colorizer(checkpoint, "ema", steps, 1.0, deterministic, clip_denoised=ec["clip_denoised"])
-            t0 = time.perf_counter()
-            fake = fn(data["lineart"], data["ref"], cfg["seed"])
-            seconds = (time.perf_counter() - t0) / len(data["id"])
-            per_image = per_image_metrics(fake, data, "self")
-            rows.append(
-                {
-                    "steps": steps,
-                    "sampler": "deterministic (ODE)" if deterministic else "eta=1 (ancestral)",
-                    "seconds_per_image": seconds,
-                    "n_images": len(data["id"]),
-                    "metrics": summarise(
-                        {k: v for k, v in per_image.items() if not isinstance(v, dict)}, {}, cfg["seed"]
-                    ),
-                }
-            )
-            print(
-                f"{steps:>4} steps {rows[-1]['sampler']:<20} {seconds * 1000:8.1f} ms/image  "
-                f"PSNR {rows[-1]['metrics']['psnr']['mean']:.2f}  ΔE {rows[-1]['metrics']['delta_e']['mean']:.2f}",
-                flush=True,
-            )
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"checkpoint": shown_path(checkpoint), "protocol": "self", "clip_denoised": ec["clip_denoised"]}
-    write_json(out_path, {**record, "rows": rows})
+    for weights in ("ema", "raw"):
+        for steps in ec["sweep_steps"]:
+            for deterministic in (False, True):
+                fn, _ = load_colorizer(
+                    checkpoint, weights, steps, 1.0, deterministic, clip_denoised=ec["clip_denoised"]
+                )
+                t0 = time.perf_counter()
+                quality = validation_quality(fn, data, cfg["seed"])
+                seconds = (time.perf_counter() - t0) / sum(len(d["id"]) for d in data.values())
+                rows.append(
+                    {
+                        "weights": weights,
+                        "steps": steps,
+                        "deterministic": deterministic,
+                        "sampler": "deterministic (ODE)" if deterministic else "eta=1 (ancestral)",
+                        "seconds_per_image": seconds,
+                        "n_images": {p: len(d["id"]) for p, d in data.items()},
+                        "metrics": quality,
+                    }
+                )
+                print(
+                    f"{weights:>3} {steps:>4} steps {rows[-1]['sampler']:<20} {seconds * 1000:7.1f} ms/image  "
+                    f"PSNR {quality['psnr']:.2f}  tone ΔE {quality['delta_e_tone']:.2f}",
+                    flush=True,
+                )
+    best = max(rows, key=lambda r: (round(r["metrics"]["psnr"], 2), -r["steps"]))
+    record = {"checkpoint": shown_path(checkpoint), "split": "val", "clip_denoised": ec["clip_denoised"]}
+    write_json(out_dir / "sweep.json", {**record, "rows": rows})
+    choice = {
+        "eval": {
+            "sample_step": best["steps"],
+            "eta": 1.0,
+            "deterministic": best["deterministic"],
+            "weights": best["weights"],
+        },
+        "rule": "highest mean validation self PSNR (0.01 dB), ties to fewer steps; "
+        f"{best['metrics']['psnr']:.2f} dB on {best['n_images']['self']} validation items",
+    }
+    write_atomic(out_dir / "choice.yaml", yaml.safe_dump(choice, sort_keys=False))
+    return choice
+
+
+def curve(run_dir: Path, cfg: dict[str, Any], out_path: Path) -> list[dict[str, Any]]:
+    """Validation quality of each kept epoch (epochs/epoch_NNN.pt) at the study's sampler: quality per minute."""
+    from linebridge import checkpoint as ckpt_io
+    from linebridge.inference import load_colorizer
+
+    ec = cfg["eval"]
+    paths = sorted((run_dir / "epochs").glob("epoch_*.pt"))
+    if not paths:
+        raise UserError(f"{run_dir}/epochs: no epoch checkpoints; train with --set train.keep_epochs=true")
+    history = {}
+    timing = run_dir / "timing.json"
+    walls = json.loads(timing.read_text()).get("epoch_wall_s", []) if timing.exists() else []
+    data = validation_sets(cfg)
+    rows = []
+    for path in tqdm(paths, desc=f"curve {run_dir.name}", unit="epoch"):
+        state = ckpt_io.load(path, kind=None)
+        history = {"epoch": state["epoch"], "step": state["step"]}
+        fn, _ = load_colorizer(
+            path, ec["weights"], ec["sample_step"], ec["eta"], ec["deterministic"], clip_denoised=ec["clip_denoised"]
+        )
+        wall = walls[state["epoch"] - 1] if len(walls) >= state["epoch"] else None
+        rows.append({**history, "wall_s": wall, **validation_quality(fn, data, cfg["seed"])})
+    sampler = {k: ec[k] for k in ("sample_step", "eta", "deterministic", "weights")}
+    write_json(out_path, {"run": run_dir.name, "split": "val", "sampler": sampler, "rows": rows})
     return rows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--experiment", required=True, help=f"experiment id (A0..A4) or a trivial model: {', '.join(TRIVIAL)}"
+        "--experiment",
+        required=True,
+        help=f"run (A3, A3-s1, pix2pix, ...: outputs/train/ID) or a trivial model: {', '.join(TRIVIAL)}",
     )
     add_config_arguments(parser)
+    parser.add_argument(
+        "--choice",
+        default=None,
+        metavar="CHOICE_YAML",
+        help="sampler and weights chosen on the validation split (the sweep's metrics/sweep/choice.yaml); "
+        "without it: params.yaml eval.*",
+    )
     parser.add_argument("--checkpoint", default=None, help="checkpoint (default outputs/train/ID/best.pt)")
-    parser.add_argument("--weights", choices=["ema", "raw"], default="ema", help="EMA (default) or raw weights")
+    parser.add_argument("--weights", choices=["ema", "raw"], default=None, help="EMA or raw weights (eval.weights)")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default eval.sample_step)")
     parser.add_argument("--eta", type=float, default=None, help="BBDM eta (scales the sampler noise)")
-    parser.add_argument("--deterministic", action="store_true", help="DDIM-style deterministic sampler")
+    parser.add_argument(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="DDIM-style deterministic sampler (default eval.deterministic)",
+    )
     parser.add_argument("--out", default=None, help="output folder (default metrics/eval/NAME)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not add the test metrics to its MLflow run")
-    parser.add_argument(
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
         "--sweep",
         action="store_true",
-        help="instead: the sampling-steps sweep (eval.sweep_steps × {eta=1, deterministic}) → OUT/sweep.json",
+        help="instead: choose the sampler on the validation split (eval.sweep_steps × {eta=1, deterministic} × "
+        "{ema, raw}) → OUT/sweep.json and OUT/choice.yaml",
+    )
+    mode.add_argument(
+        "--curve",
+        action="store_true",
+        help="instead: validation quality of each kept epoch checkpoint (train.keep_epochs) → OUT/NAME.json",
     )
 
 
 def main(args: argparse.Namespace) -> int:
     name = args.experiment
-    cfg = load_config(None if name in TRIVIAL else name, args.profile, args.overrides)
+    chosen = [o for o in tuned_overrides(args.choice) if o.startswith("eval.")] if args.choice else []
+    if args.choice and not chosen:
+        raise UserError(f"--choice {args.choice}: no such file; run the sweep first (`dvc repro sweep`)")
+    cfg = load_config(None if name in TRIVIAL else name, args.profile, [*chosen, *args.overrides])
     ckpt = None if name in TRIVIAL else Path(args.checkpoint or repo_root() / "outputs" / "train" / name / "best.pt")
-    label = name if args.weights == "ema" else f"{name}-raw"
-    out = Path(args.out) if args.out else repo_root() / "metrics" / "eval" / label
+    if (args.sweep or args.curve) and ckpt is None:
+        raise UserError(f"--sweep and --curve compare sampler settings; {name} is a trivial output with no sampler")
     if args.sweep:
-        if ckpt is None:
-            raise UserError(f"--sweep compares sampler settings; {name} is a trivial output with no sampler")
-        sweep(ckpt, cfg, out / "sweep.json")
+        sweep(ckpt, cfg, Path(args.out or repo_root() / "metrics" / "sweep"))
         return 0
-    results = evaluate(name, ckpt, cfg, out, args.weights, args.steps, args.eta, args.deterministic)
+    if args.curve:
+        curve(ckpt.parent, cfg, Path(args.out or repo_root() / "metrics" / "curve") / f"{name}.json")
+        return 0
+    ec = cfg["eval"]
+    weights = args.weights or ec["weights"]
+    deterministic = ec["deterministic"] if args.deterministic is None else args.deterministic
+    label = name if args.weights != "raw" else f"{name}-raw"
+    out = Path(args.out) if args.out else repo_root() / "metrics" / "eval" / label
+    results = evaluate(name, ckpt, cfg, out, weights, args.steps, args.eta, deterministic)
     for protocol, res in results.items():
         shown = {
             k: (f"{v['mean']:.4f}" if "mean" in v else ("n/a" if v.get("unavailable") else f"{v['value']:.4f}"))
             for k, v in res["metrics"].items()
         }
         print(protocol, res["n_images"], shown)
-    one_off = [f"--{k} {v}" for k, v in (("steps", args.steps), ("eta", args.eta)) if v is not None]
-    one_off += ["--deterministic"] * args.deterministic + [f"--set {o}" for o in args.overrides]
+    given = (("steps", args.steps), ("eta", args.eta), ("weights", args.weights))
+    one_off = [f"--{k} {v}" for k, v in given if v is not None]
+    one_off += [f"--deterministic={args.deterministic}"] * (args.deterministic is not None)
+    one_off += [f"--set {o}" for o in args.overrides]
     one_off += [f"--checkpoint {ckpt}"] * (ckpt is not None and ckpt.name != "best.pt")
     if ckpt is None or args.no_mlflow:
         pass
     elif one_off:  # the run's test metrics are those of the study's settings; a one-off must not replace them
         print(f"not logged to MLflow: a one-off evaluation ({' '.join(one_off)})")
     else:
-        log_results(ckpt, results, "test" if args.weights == "ema" else "test_raw")
+        log_results(ckpt, results, "test")
     return 0
 
 

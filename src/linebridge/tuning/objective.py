@@ -185,6 +185,7 @@ def run_trial(trial: optuna.Trial, setup: Setup, judge: FixedJudge) -> float:
     space = flatten(setup.tune["space"])
     sampled = {key: trial.suggest_float(key, low, high) for key, (low, high) in space.items()}
     cfg = merge(setup.cfg, nested(sampled), f"tune trial {trial.number}")
+    cfg["train"]["keep_epochs"] = False  # a trial's weights are deleted; its epochs need not be kept
     out = setup.paths.trials / f"{trial.number:04d}"
     shutil.rmtree(out, ignore_errors=True)
     log = TrialLog(setup)

@@ -1,0 +1,248 @@
+"""The ablation report on a small synthetic metrics tree: contrasts, Holm, the null control, convergence, gaps."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from linebridge.evaluation import report
+from linebridge.evaluation.stats import format_p, holm, seed_group_contrast
+
+GROUPS = [f"g{g:02d}" for g in range(12) for _ in range(3)]  # 12 drawings, 3 variants each
+IDS = [f"{g}-{k}" for g, k in zip(GROUPS, [0, 1, 2] * 12)]  # already in sorted order
+LOOKUP = dict(zip(IDS, GROUPS))
+METRICS = {
+    "self": ["psnr", "ssim", "delta_e", "delta_e_background", "delta_e_lines", "delta_e_interior", "tint_rate"],
+    "cross_gt": ["psnr", "ssim", "delta_e", "delta_e_tone", "tint_rate"],
+}
+STUDY = {
+    "arms": ["A0", "A3", "A4"],
+    "seeds": [0, 1, 2],
+    "minor_arms": ["A3r"],
+    "minor_seeds": [0, 1],
+    "old_recipe": "A3old",
+    "baselines": ["pix2pix"],
+    "trivial": ["copy-lineart"],
+    "contrasts": [
+        {"a": "A0", "b": "A3", "metric": "cross_gt.delta_e_tone"},
+        {"a": "A3", "b": "A4", "metric": "cross_gt.delta_e_tone"},
+        {"a": "A0", "b": "A4", "metric": "self.psnr"},
+    ],
+    "secondary": ["self.ssim"],
+    "null_control": {"a": "A3", "b": "A3r", "metric": "cross_gt.delta_e_tone"},
+    "alpha": 0.05,
+    "convergence_gain": 0.02,
+}
+SHIFT = {"A0": 10.0, "A3": -3.0, "A4": -2.9, "A3r": -3.0, "A3old": -1.0, "pix2pix": 1.0, "copy-lineart": 5.0}
+
+
+def lookup(protocol: str) -> dict[str, str]:
+    return LOOKUP
+
+
+def values(arm: str, seed: int, protocol: str, metric: str) -> np.ndarray:
+    """Per-image values: a drawing effect, an arm shift, a seed effect and image noise (fixed by the arguments)."""
+    rng = np.random.default_rng([ord(c) for c in protocol + metric] + [seed])
+    group_effect = np.repeat(rng.normal(0, 1.0, 12), 3)
+    noise = np.random.default_rng([ord(c) for c in arm + protocol + metric] + [seed]).normal(0, 0.5, len(IDS))
+    base = {"psnr": 20.0, "ssim": 0.8, "tint_rate": 0.2, "delta_e_tone": 12.0}.get(metric, 15.0)
+    scale = {"ssim": 0.01, "tint_rate": 0.01}.get(metric, 1.0)
+    return base + scale * (group_effect + SHIFT[arm] + 0.3 * seed + noise)
+
+
+def write_eval(root: Path, run: str, data: dict[str, dict[str, np.ndarray]]) -> None:
+    """metrics/eval/RUN/PROTOCOL.{csv,json} as evaluate writes them."""
+    folder = root / "metrics" / "eval" / run
+    folder.mkdir(parents=True, exist_ok=True)
+    for protocol, table in data.items():
+        with (folder / f"{protocol}.csv").open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["id", *table])
+            w.writerows([i, *(f"{table[m][k]:.6g}" for m in table)] for k, i in enumerate(IDS))
+        summary = {m: {"mean": float(np.mean(v)), "low": 0.0, "high": 0.0, "n": len(v)} for m, v in table.items()}
+        (folder / f"{protocol}.json").write_text(json.dumps({"n_images": len(IDS), "metrics": summary}))
+
+
+def run_values(arm: str, seed: int) -> dict[str, dict[str, np.ndarray]]:
+    return {p: {m: values(arm, seed, p, m) for m in ms} for p, ms in METRICS.items()}
+
+
+@pytest.fixture
+def tree(study_root: Path) -> Path:
+    """A study root whose params.yaml has the small study above and whose every run has been evaluated."""
+    params = yaml.safe_load((study_root / "params.yaml").read_text())
+    params["study"] = STUDY
+    (study_root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for arm, seeds in report.arm_seeds(STUDY).items():
+        for seed in seeds:
+            write_eval(study_root, report.run_name(arm, seed), run_values(arm, seed))
+    for name in STUDY["baselines"] + STUDY["trivial"]:
+        write_eval(study_root, name, run_values(name, 0))
+    return study_root
+
+
+def matrix(arm: str, seeds: list[int], spec: str) -> np.ndarray:
+    protocol, metric = spec.split(".")
+    return np.array([[float(f"{x:.6g}") for x in values(arm, s, protocol, metric)] for s in seeds])
+
+
+def test_contrast_numbers_equal_a_direct_seed_group_contrast(tree):
+    rows = report.primary_contrasts(tree, STUDY, lookup)
+    for row, spec in zip(rows, STUDY["contrasts"]):
+        expected = seed_group_contrast(
+            matrix(spec["a"], [0, 1, 2], spec["metric"]), matrix(spec["b"], [0, 1, 2], spec["metric"]), GROUPS
+        )
+        got = row["result"]
+        for key in ("effect", "low", "high", "p_value", "seed_sd"):
+            assert got[key] == pytest.approx(expected[key]), key
+        assert got["seed_effects"] == pytest.approx(expected["seed_effects"])
+        assert (got["n_seeds"], got["n_images"], got["n_groups"]) == (3, 36, 12)
+    text, errors = report.build_report(tree, groups=lookup)
+    assert not errors
+    first = rows[0]
+    assert report.effect_ci(first["result"], "delta_e_tone") in text
+    assert "3 seeds × 36 images (12 groups)" in text
+    assert "A3 lowers cross_gt ΔE00 tone by" in text
+    assert "per-seed effects; seed SD" in text and "s0 " in text
+
+
+def test_holm_runs_over_the_primary_contrasts_together(tree):
+    rows = report.primary_contrasts(tree, STUDY, lookup)
+    raw = {str(i): r["result"]["p_value"] for i, r in enumerate(rows)}
+    adjusted = holm(raw)
+    for i, row in enumerate(rows):
+        assert row["p_holm"] == pytest.approx(adjusted[str(i)])
+        assert row["p_holm"] >= row["result"]["p_value"]
+        assert row["significant"] == (row["p_holm"] < STUDY["alpha"])
+    # A0 → A3 moves tone ΔE00 by 13 (far beyond the noise): p sits at the method's floor and prints as a bound.
+    big = rows[0]
+    assert big["result"]["p_value"] == big["result"]["p_floor"] and big["significant"]
+    text, _ = report.build_report(tree, groups=lookup)
+    assert format_p(big["result"]["p_value"], big["result"]["p_floor"]).startswith("≤")
+    assert f"| {format_p(big['p_holm'], big['p_holm'])} |" in text
+    assert "significant after Holm" in text
+
+
+def test_a_null_pair_that_is_identical_holds(tree):
+    for seed in (0, 1):
+        write_eval(tree, f"A3r-s{seed}", run_values("A3", seed))
+    text, errors = report.build_report(tree, groups=lookup)
+    assert errors == []
+    assert "Holds: A3r − A3 on cross_gt ΔE00 tone↓: +0.00 [+0.00, +0.00], p = 1.00" in text
+    assert "NULL CONTROL FAILED" not in text
+
+
+def test_a_failing_null_control_fails_main_after_writing_the_report(tree, monkeypatch, capsys):
+    for seed in (0, 1):
+        data = run_values("A3", seed)
+        data["cross_gt"]["delta_e_tone"] = data["cross_gt"]["delta_e_tone"] + 2.0
+        write_eval(tree, f"A3r-s{seed}", data)
+    monkeypatch.setenv("DVC_ROOT", str(tree))
+    monkeypatch.setattr(report, "prepared_groups", lambda prepared: lookup)
+    assert report.main(argparse.Namespace(out="reports/ablation.md")) == 1
+    assert "null control FAILED" in capsys.readouterr().err
+    assert "⚠ NULL CONTROL FAILED" in (tree / "reports" / "ablation.md").read_text()
+
+
+def test_missing_null_control_runs_fail_main_naming_the_files(tree, monkeypatch, capsys):
+    (tree / "metrics" / "eval" / "A3r-s1" / "cross_gt.csv").unlink()
+    monkeypatch.setenv("DVC_ROOT", str(tree))
+    monkeypatch.setattr(report, "prepared_groups", lambda prepared: lookup)
+    assert report.main(argparse.Namespace(out="reports/ablation.md")) == 1
+    assert "metrics/eval/A3r-s1/cross_gt.csv" in capsys.readouterr().err
+    assert "NULL CONTROL NOT RUN" in (tree / "reports" / "ablation.md").read_text()
+
+
+def test_missing_files_give_not_run_lines(tree):
+    (tree / "metrics" / "eval" / "A4-s2" / "cross_gt.csv").unlink()
+    text, errors = report.build_report(tree, groups=lookup)
+    assert not errors  # the null control does not need A4
+    assert "| A4 − A3 | cross_gt ΔE00 tone↓ | not run: missing metrics/eval/A4-s2/cross_gt.csv |" in text
+    rows = report.primary_contrasts(tree, STUDY, lookup)
+    assert "p_holm" not in rows[1] and len([r for r in rows if "p_holm" in r]) == 2  # Holm over what ran
+    for line in (
+        "not run (no metrics/sweep/sweep.json).",
+        "| A3-s0 | not run |",
+        "| new recipe | A3-s0 | not run (no metrics/curve/A3-s0.json) |",
+        "Sample grid: not run",
+    ):
+        assert line in text, line
+
+
+def test_convergence_value_on_a_known_history():
+    history = [{"step": s, "val_loss": v} for s, v in ((100, 1.0), (200, 0.8), (300, 0.5), (400, 0.495))]
+    assert report.convergence_value(history) == pytest.approx(0.01)  # from step 300 (= 0.75 × 400) to the end
+    two = [{"step": 100, "val_loss": 1.0}, {"step": 200, "val_loss": 0.9}]
+    assert report.convergence_value(two) == pytest.approx(0.1)  # the earlier point is at least one epoch back
+    assert report.convergence_value(two[:1]) is None
+
+
+def write_training(root: Path, run: str, val: list[float], wall: bool = True, summary: bool = True) -> None:
+    folder = root / "metrics" / "train"
+    folder.mkdir(parents=True, exist_ok=True)
+    header = ["epoch", "step", "train_loss", "val_loss", "lr", *(["wall_s"] if wall else [])]
+    rows = [[e + 1, 100 * (e + 1), 1.0, v, 1e-4, *([30.0 * (e + 1)] if wall else [])] for e, v in enumerate(val)]
+    (folder / f"{run}.csv").write_text("\n".join(",".join(map(str, r)) for r in [header, *rows]) + "\n")
+    if summary:
+        s = {"best_val_loss": min(val), "best_epoch": int(np.argmin(val)) + 1, "epochs_run": len(val)}
+        s |= {"steps": 100 * len(val), "stopped_early": False, "wall_time_s": 600.0, "train_images": 10}
+        (folder / f"{run}.json").write_text(json.dumps(s))
+
+
+def test_convergence_table_and_old_history_files(tree):
+    write_training(tree, "A0-s0", [1.0, 0.8, 0.5, 0.495])  # 1 % over the last quarter: converged
+    write_training(tree, "A3-s0", [1.0, 0.8, 0.5, 0.45], wall=False)  # 10 %: not converged; history without wall_s
+    write_training(tree, "A4-s0", [1.0, 0.9], wall=False, summary=False)  # no summary, no wall time anywhere
+    lines = report.convergence_section(tree, STUDY)
+    row = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ")}
+    assert row["A0-s0"] == "| A0-s0 | 400 | 4 | 4 | 1.0 % | yes | 10.0 |"
+    assert row["A3-s0"] == "| A3-s0 | 400 | 4 | 4 | 10.0 % | no | 10.0 |"
+    assert row["A4-s0"] == "| A4-s0 | 200 | 2 | — | 10.0 % | no | — |"
+    assert row["A4-s1"] == "| A4-s1 | not run | | | | | |"
+
+
+def test_sweep_choice_curves_and_targets(tree):
+    sweep = {
+        "checkpoint": "outputs/train/A3-s0/best.pt",
+        "split": "val",
+        "rows": [
+            {"steps": 20, "sampler": "eta=1 (ancestral)", "weights": w, "seconds_per_image": 0.1, "n_images": 8}
+            | {"metrics": {"psnr": {"mean": 20.0, "low": 19.0, "high": 21.0}, "delta_e": {"mean": 9.0}}}
+            for w in ("ema", "raw")
+        ],
+    }
+    (tree / "metrics" / "sweep").mkdir(parents=True)
+    (tree / "metrics" / "sweep" / "sweep.json").write_text(json.dumps(sweep))
+    choice = {"eval": {"sample_step": 20, "eta": 1.0, "deterministic": True, "weights": "ema"}, "rule": "best PSNR"}
+    (tree / "metrics" / "sweep" / "choice.yaml").write_text(yaml.safe_dump(choice))
+    (tree / "metrics" / "curve").mkdir(parents=True)
+    for run, psnr in (("A3-s0", 21.0), ("A3old-s0", 19.0)):
+        rows = [{"epoch": e, "step": 100 * e, "wall_s": 60.0 * e, "psnr": psnr + e, "delta_e_tone": 10.0 - e}
+                | {"ssim": 0.8, "delta_e": 9.0, "tint_rate": 0.05} for e in (1, 2)]  # fmt: skip
+        (tree / "metrics" / "curve" / f"{run}.json").write_text(json.dumps({"run": run, "split": "val", "rows": rows}))
+    text, _ = report.build_report(tree, groups=lookup)
+    assert "| 20 | eta=1 (ancestral) | raw | 0.100 | 20.00 [19.00, 21.00] | — | 9.00 | — | — | 8 |" in text
+    assert "**Chosen**: 20 steps, η = 1.0, deterministic = True, ema weights — rule: best PSNR" in text
+    assert "| new recipe | A3-s0 | 2 | 2.0 | 23.00 | 8.00 | 5.0 % |" in text
+    assert "| old recipe | A3old-s0 | 1 | 1.0 | 20.00 | 9.00 | 5.0 % |" in text
+    assert (tree / "reports" / "figures" / "learning_efficiency.png").stat().st_size > 1000
+    targets = {line.split("|")[1].strip(): line for line in report.targets_section(tree, report.arm_runs(STUDY))}
+    a3_psnr = np.mean([values("A3", s, "self", "psnr").mean() for s in (0, 1, 2)])  # ≈ 20 − 3 + 0.3
+    assert targets["self PSNR ≥ 23 dB"].endswith(f"| missed by {23 - a3_psnr:.2f} |")
+    assert targets["cross_gt tone ΔE00 ≤ 12"].endswith("| met |")  # ≈ 12 − 3 + 0.3
+    assert targets["cross_gt tone ΔE00 ≤ 0.7 × A0's"].endswith("| met |")  # A0 ≈ 12 + 10 + 0.3
+    assert targets["cross_gt tone ΔE00 below SCFT's"].endswith("| not run |")  # scft is not in this study
+    assert "| A3r | 2/2 |" in text and "| A3old | 1/1 |" in text
+
+
+def test_without_prepared_data_the_contrasts_are_not_run_and_the_null_control_fails_the_stage(tree):
+    text, errors = report.build_report(tree)  # default group lookup: the prepared data, absent here
+    assert "| A3 − A0 | cross_gt ΔE00 tone↓ | not run: the item groups are unknown:" in text
+    assert len(errors) == 1 and "cannot run" in errors[0]
+    assert "**Data**: not run" in text
