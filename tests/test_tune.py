@@ -90,29 +90,44 @@ def test_trials_are_nested_mlflow_runs(parallel_study):
         assert {m.step: m.value for m in history} == trial.intermediate_values
 
 
-def test_summary_figures_and_best_params(parallel_study):
+def test_summary_figures_and_best_params(parallel_study, tmp_path):
     summary = json.loads((parallel_study / "tune.json").read_text())
     assert summary["counts"]["COMPLETE"] + summary["counts"]["PRUNED"] == 4 and summary["counts"]["FAIL"] == 0
     assert set(summary["best_params"]) == {"loss.lambda_edge", "augment.tps_scale"}
-    assert (
-        0.5 <= summary["best_params"]["loss.lambda_edge"] <= 2.0
-        and 0.1 <= summary["best_params"]["augment.tps_scale"] <= 0.3
-    )
+    space = load_config("A3", "tiny")["tune"]["space"]
+    for key, value in summary["best_params"].items():
+        section, name = key.split(".")
+        assert space[section][name][0] <= value <= space[section][name][1]
     assert set(summary["importances"]) == set(summary["best_params"]) and summary["importances_note"] is None
+    assert "ΔE00" in summary["objective"] and summary["sampler"]["sample_step"] >= 2
     for name in ("tune_history.png", "tune_importances.png"):
         assert (parallel_study / name).read_bytes()[:4] == b"\x89PNG"
     assert not list(parallel_study.glob(".*.tmp"))
     assert not list((parallel_study / "trials").rglob("*.pt")), "trial checkpoints are removed"
 
+    # The confirmation: default and best re-trained at the full recipe; values adopted only beyond seed noise.
+    check = summary["confirm"]
+    assert [len(check["default"]), len(check["tuned"])] == [len(check["seeds"])] * 2
+    default = [s["objective"] for s in check["default"]]
+    tuned = [s["objective"] for s in check["tuned"]]
+    assert check["gain"] == pytest.approx(sum(d - t for d, t in zip(default, tuned)) / len(default))
+    adopted = all(t < d for d, t in zip(default, tuned)) and check["gain"] > check["seed_sd"]
+    assert check["adopted"] is adopted
     overrides = tuned_overrides(parallel_study / "best_params.yaml")
-    assert [o.split("=")[0] for o in overrides] == ["loss.lambda_edge", "augment.tps_scale"]
+    assert bool(overrides) is adopted and ("adopted" in (parallel_study / "best_params.yaml").read_text())
+
+
+def test_tuned_values_apply_where_their_component_is_on(tmp_path):
+    best = tmp_path / "best_params.yaml"
+    best.write_text("loss:\n  lambda_edge: 1.5\naugment:\n  tps_scale: 0.3\n")
+    overrides = tuned_overrides(best)
+    assert overrides == ["loss.lambda_edge=1.5", "augment.tps_scale=0.3"]
     cfg = load_config("A4", "tiny", overrides)
-    assert cfg["loss"]["lambda_edge"] == summary["best_params"]["loss.lambda_edge"]
-    assert cfg["augment"]["tps_scale"] == summary["best_params"]["augment.tps_scale"]
+    assert (cfg["loss"]["lambda_edge"], cfg["augment"]["tps_scale"]) == (1.5, 0.3)
     # Only where the component is on: A0/A1 keep λ_edge = 0, A0-A2 do not warp references.
-    assert tuned_overrides(parallel_study / "best_params.yaml", load_config("A1", "tiny")) == []
-    assert tuned_overrides(parallel_study / "best_params.yaml", load_config("A2", "tiny")) == overrides[:1]
-    assert tuned_overrides(parallel_study / "missing.yaml") == []
+    assert tuned_overrides(best, load_config("A1", "tiny")) == []
+    assert tuned_overrides(best, load_config("A2", "tiny")) == overrides[:1]
+    assert tuned_overrides(tmp_path / "missing.yaml") == []
 
 
 def test_optuna_cli_reads_the_journal(parallel_study):
@@ -222,11 +237,11 @@ def test_pruned_trials_count_and_one_complete_trial_gives_an_importances_note(in
 
     calls = {"n": 0}
 
-    def worse_every_epoch(self, last, epoch):  # the judge's values rise call by call: trials 1 and 2 lose at epoch 1
+    def worse_every_epoch(self, path):  # the judge's values rise call by call: trials 1 and 2 lose at epoch 1
         calls["n"] += 1
-        return float(calls["n"])
+        return {"objective": float(calls["n"])}
 
-    monkeypatch.setattr(tune_module.FixedJudge, "__call__", worse_every_epoch)
+    monkeypatch.setattr(tune_module.ValidationJudge, "__call__", worse_every_epoch)
     out = tmp_path / "pruned"
     assert (
         cli_main(

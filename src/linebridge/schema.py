@@ -140,6 +140,7 @@ class Tune(Section):
     max_train_images: NonNegInt
     pruner_startup_trials: NonNegInt
     pruner_first_epoch: NonNegInt
+    confirm_seeds: Annotated[list[NonNegInt], Field(min_length=1)]
     max_failed: PosInt
     heartbeat_interval: PosInt
     storage: str

@@ -286,19 +286,18 @@ def curve(run_dir: Path, cfg: dict[str, Any], out_path: Path) -> list[dict[str, 
     paths = sorted((run_dir / "epochs").glob("epoch_*.pt"))
     if not paths:
         raise UserError(f"{run_dir}/epochs: no epoch checkpoints; train with --set train.keep_epochs=true")
-    history = {}
     timing = run_dir / "timing.json"
     walls = json.loads(timing.read_text()).get("epoch_wall_s", []) if timing.exists() else []
     data = validation_sets(cfg)
     rows = []
     for path in tqdm(paths, desc=f"curve {run_dir.name}", unit="epoch"):
         state = ckpt_io.load(path, kind=None)
-        history = {"epoch": state["epoch"], "step": state["step"]}
         fn, _ = load_colorizer(
             path, ec["weights"], ec["sample_step"], ec["eta"], ec["deterministic"], clip_denoised=ec["clip_denoised"]
         )
         wall = walls[state["epoch"] - 1] if len(walls) >= state["epoch"] else None
-        rows.append({**history, "wall_s": wall, **validation_quality(fn, data, cfg["seed"])})
+        quality = validation_quality(fn, data, cfg["seed"])
+        rows.append({"epoch": state["epoch"], "step": state["step"], "wall_s": wall, **quality})
     sampler = {k: ec[k] for k in ("sample_step", "eta", "deterministic", "weights")}
     write_json(out_path, {"run": run_dir.name, "split": "val", "sampler": sampler, "rows": rows})
     return rows

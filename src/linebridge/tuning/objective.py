@@ -1,10 +1,10 @@
 """One Optuna trial: train A3 with the sampled values, scored by a judge that is the same for every trial.
 
-`train`'s own validation loss scores a model on references warped with its own
-`augment.tps_scale` and weighted by its own `loss.lambda_edge`, so it is not comparable
-across trials. `FixedJudge` scores each epoch's checkpoint (raw weights) under the base
-A3 loss and references instead; the per-epoch values feed the pruner and the objective is
-their minimum. Each trial is a nested MLflow run under the study's run.
+`train`'s own validation loss weights lines by the trial's own `loss.lambda_edge` and warps
+references with its own `augment.tps_scale`, so it cannot compare trials. `ValidationJudge`
+samples the validation protocols with each epoch's checkpoint instead; the per-epoch values
+feed the pruner and the objective is the last epoch's (the model the recipe ends with).
+Each trial is a nested MLflow run under the study's run.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class TunePaths:
     summary: Path
     history_png: Path
     importances_png: Path
+    confirm: Path  # the default and the best values re-trained at the full recipe
 
     @classmethod
     def resolve(cls, tune: Config, out: str | Path | None, storage: str | None) -> TunePaths:
@@ -51,6 +52,7 @@ class TunePaths:
                 out / "tune.json",
                 out / "tune_history.png",
                 out / "tune_importances.png",
+                out / "confirm",
             )
         root = repo_root()
         default_storage = tune["storage"] if is_rdb(tune["storage"]) else str(root / tune["storage"])
@@ -62,6 +64,7 @@ class TunePaths:
             root / "metrics" / "tune.json",
             figures / "tune_history.png",
             figures / "tune_importances.png",
+            root / "outputs" / "tune" / "confirm",
         )
 
 
@@ -94,36 +97,33 @@ def fingerprint(cfg: Config, space: dict[str, list[float]]) -> str:
     return hashlib.sha256(json.dumps({"config": cfg, "space": space}, sort_keys=True).encode()).hexdigest()
 
 
-class FixedJudge:
-    """Scores a checkpoint's raw weights under the base loss and references (comparable across trials)."""
+class ValidationJudge:
+    """Scores a checkpoint by what λ_edge and TPS strength are for, the same way for every trial.
+
+    The objective is the mean of two validation metrics at the study's sampler (eval.*, the
+    choice the sweep made): self-reference ΔE00 (colour fidelity, lines included: what the edge
+    loss should help) and cross_gt tone ΔE00 (whether a reference's skin colour arrives: what
+    TPS warping should teach). Both are in ΔE00 units, lower is better, and neither contains
+    a trial's own λ or warp, unlike a training loss.
+    """
 
     def __init__(self, cfg: Config) -> None:
-        import torch
-
-        from linebridge.bbdm.sampling import build_bridge
-        from linebridge.bbdm.unet import build_model
-        from linebridge.data.datasets import build_dataset
-        from linebridge.runs import limited
+        from linebridge.evaluation.evaluate import validation_sets
 
         self.cfg = cfg
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.net = build_model(cfg).to(self.device)
-        self.bridge = build_bridge(cfg).to(self.device)
-        self.val_set = limited(
-            build_dataset(cfg, "val"), cfg["train"]["max_val_images"]
-        )  # the val images training uses
+        self.data = validation_sets(cfg)
 
-    def __call__(self, last: Path, epoch: int) -> float:
-        from linebridge import checkpoint
-        from linebridge.bbdm.train import validate
+    def __call__(self, path: Path) -> dict[str, float]:
+        """{objective, delta_e, delta_e_tone, psnr, ...} of the checkpoint at `path`."""
+        from linebridge.evaluation.evaluate import validation_quality
+        from linebridge.inference import load_colorizer
 
-        state = checkpoint.load(last, map_location=self.device)
-        if state["epoch"] != epoch:
-            raise RuntimeError(
-                f"{last} holds epoch {state['epoch']}, expected {epoch}: tune needs train.checkpoint_every=1"
-            )
-        self.net.load_state_dict(state["model"])
-        return validate(self.net, self.bridge, self.val_set, self.cfg, self.device)
+        ec = self.cfg["eval"]
+        fn, _ = load_colorizer(
+            path, ec["weights"], ec["sample_step"], ec["eta"], ec["deterministic"], clip_denoised=ec["clip_denoised"]
+        )
+        quality = validation_quality(fn, self.data, self.cfg["seed"])
+        return {"objective": (quality["delta_e"] + quality["delta_e_tone"]) / 2, **quality}
 
 
 class TrialLog:
@@ -175,8 +175,8 @@ class TrialLog:
             self.active = False
 
 
-def run_trial(trial: optuna.Trial, setup: Setup, judge: FixedJudge) -> float:
-    """Train with the sampled values; report the fixed-reference val loss per epoch; return its minimum."""
+def run_trial(trial: optuna.Trial, setup: Setup, judge: ValidationJudge) -> float:
+    """Train with the sampled values; report the judge's value per epoch; return the last epoch's."""
     from linebridge.bbdm.train import train
     from linebridge.runs import Paths
 
@@ -189,23 +189,23 @@ def run_trial(trial: optuna.Trial, setup: Setup, judge: FixedJudge) -> float:
     out = setup.paths.trials / f"{trial.number:04d}"
     shutil.rmtree(out, ignore_errors=True)
     log = TrialLog(setup)
-    best, state = math.inf, TrialState.FAIL
+    last, state = math.inf, TrialState.FAIL
 
-    def on_epoch(epoch: int, train_val_loss: float) -> None:
-        nonlocal best
-        value = judge(out / "last.pt", epoch)
-        best = min(best, value)
-        log.metrics({"val_loss": value, "train_val_loss": train_val_loss}, epoch)  # the latter: EMA, own λ and tps
-        trial.report(value, epoch)
+    def on_epoch(epoch: int, val_loss: float) -> None:
+        nonlocal last
+        scores = judge(out / "last.pt")
+        last = scores["objective"]
+        log.metrics({**scores, "val_loss": val_loss}, epoch)  # val_loss: the trial's own, not comparable
+        trial.report(last, epoch)
         if trial.should_prune():
-            raise optuna.TrialPruned(f"val loss {value:.4f} at epoch {epoch} is worse than the median")
+            raise optuna.TrialPruned(f"objective {last:.4f} at epoch {epoch} is worse than the median")
 
     try:
         log.start(trial, cfg)
         train(cfg, Paths.for_experiment(EXPERIMENT, out), log_mlflow=False, progress=False, on_epoch=on_epoch)
-        log.metrics({"objective": best}, cfg["train"]["epochs"])
+        log.metrics({"final_objective": last}, cfg["train"]["epochs"])
         state = TrialState.COMPLETE
-        return best
+        return last
     except optuna.TrialPruned:
         state = TrialState.PRUNED
         raise

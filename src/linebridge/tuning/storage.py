@@ -99,7 +99,8 @@ def study_summary(storage: str | BaseStorage, study_name: str) -> dict[str, Any]
         "importances_note": None,
     }
     if len(complete) >= 2:
-        summary["importances"] = optuna.importance.get_param_importances(study)
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)  # seeded: equal studies, equal numbers
+        summary["importances"] = optuna.importance.get_param_importances(study, evaluator=evaluator)
     else:
         summary["importances_note"] = f"{len(complete)} COMPLETE trial(s); importances need at least 2"
     return summary

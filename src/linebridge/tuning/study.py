@@ -3,10 +3,15 @@
     linebridge tune [--profile P] [--set k=v] [--trials N] [--workers N] [--storage URL]
                     [--study-name NAME] [--out DIR] [--no-mlflow]
 
-Each trial trains A3 for the short budget of the `tune:` params section with values from
-`tune.space` (seeded TPE) and reports one value per epoch to a MedianPruner (objective.py
-says what it scores). The pruner waits for `tune.pruner_startup_trials` finished trials
-and epoch `tune.pruner_first_epoch`: a trial has too few epochs for Hyperband's brackets.
+Multi-fidelity: each trial trains A3 for the short budget of the `tune:` params section
+(`tune.epochs` on `tune.max_train_images`, with the recipe's schedule shape squeezed into
+the trial: warm-up, then the cosine to the floor) with values from `tune.space` (seeded
+TPE), and reports one value per epoch to a MedianPruner (objective.py says what it scores:
+validation metrics at the study's sampler, never a loss). The pruner waits for
+`tune.pruner_startup_trials` finished trials and epoch `tune.pruner_first_epoch`. When all
+trials are done, the default and the best values are re-trained at the full recipe with
+the seeds `tune.confirm_seeds` (`confirm`), and best_params.yaml carries the values only
+if they beat the defaults by more than seed noise.
 
 `--trials` is the study's total of COMPLETE + PRUNED trials: a killed and restarted run
 does only the remainder (failed trials do not count; a worker gives up after
@@ -24,6 +29,7 @@ Trial checkpoints are deleted after each trial; their history.csv stays.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import time
@@ -36,9 +42,25 @@ import yaml
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
-from linebridge.config import Config, UserError, add_config_arguments, load_config, merge
+from linebridge.config import (
+    Config,
+    UserError,
+    add_config_arguments,
+    load_config,
+    merge,
+    repo_root,
+    tuned_overrides,
+)
 from linebridge.io import save_with, write_atomic, write_json
-from linebridge.tuning.objective import EXPERIMENT, FixedJudge, Setup, TunePaths, fingerprint, nested, run_trial
+from linebridge.tuning.objective import (
+    EXPERIMENT,
+    Setup,
+    TunePaths,
+    ValidationJudge,
+    fingerprint,
+    nested,
+    run_trial,
+)
 from linebridge.tuning.storage import FINISHED, fail_dead_workers_trials, n_finished, open_storage, study_summary
 
 
@@ -64,7 +86,7 @@ def run_worker(setup: Setup, quota: int, seed: int, threads: int) -> None:
         sampler=make_sampler(setup.tune, seed),
         pruner=make_pruner(setup.tune),
     )
-    judge = FixedJudge(setup.cfg)
+    judge = ValidationJudge(setup.cfg)
     tally = {"done": 0, "failed": 0}
 
     def stop_when_enough(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -76,14 +98,61 @@ def run_worker(setup: Setup, quota: int, seed: int, threads: int) -> None:
 
 
 def write_outputs(study: optuna.Study, summary: dict[str, Any], paths: TunePaths) -> None:
-    """best_params.yaml, the summary JSON and both figures, each written atomically."""
-    header = (
-        f"# Written by `linebridge tune` (study {summary['study_name']}, trial {summary['best_trial']}, "
-        f"value {summary['best_value']}); `dvc repro` rewrites it.\n"
+    """best_params.yaml (the adopted values only), the summary JSON and both figures, each written atomically."""
+    check = summary.get("confirm") or {}
+    adopted = summary["best_params"] if check.get("adopted") else {}
+    verdict = (
+        f"adopted: {check['verdict']}"
+        if check.get("adopted")
+        else f"none adopted: {check.get('verdict', 'the confirmation runs have not finished')}"
     )
-    write_atomic(paths.best_params, header + yaml.safe_dump(nested(summary["best_params"]), sort_keys=False))
+    header = (
+        f"# Written by `linebridge tune` (study {summary['study_name']}, best trial {summary['best_trial']}); "
+        f"tuned values the study uses (`linebridge train --tuned`): {verdict}\n"
+    )
+    write_atomic(paths.best_params, header + yaml.safe_dump(nested(adopted), sort_keys=False))
     write_json(paths.summary, summary)
     write_figures(study, summary, paths)
+
+
+def confirm(cfg: Config, best: dict[str, float], tune: Config, paths: TunePaths, judge: ValidationJudge) -> dict:
+    """Re-train the default and the best values at the full recipe with tune.confirm_seeds; adopt beyond seed noise.
+
+    Trials are short and single-seed, so the best trial is partly luck. Adopted only when the
+    tuned values are better on every confirmation seed and their mean gain in the objective
+    exceeds the larger seed-to-seed standard deviation of the two configurations.
+    """
+    import numpy as np
+
+    from linebridge.bbdm.train import train
+    from linebridge.runs import Paths
+
+    scores: dict[str, list[dict[str, float]]] = {"default": [], "tuned": []}
+    for label, values in (("default", {}), ("tuned", best)):
+        for seed in tune["confirm_seeds"]:
+            run_cfg = merge(cfg, nested(values), f"tune confirmation ({label})")
+            run_cfg.update(seed=seed, experiment=f"{EXPERIMENT}-s{seed}")
+            run_cfg["train"]["keep_epochs"] = False
+            out = paths.confirm / f"{label}-s{seed}"
+            print(f"confirmation: {label} values, seed {seed} → {out}", flush=True)
+            train(run_cfg, Paths.for_experiment(EXPERIMENT, out), resume=True, log_mlflow=False)
+            scores[label].append(judge(out / "best.pt"))
+    default = np.array([s["objective"] for s in scores["default"]])
+    tuned = np.array([s["objective"] for s in scores["tuned"]])
+    gain = float(np.mean(default - tuned))
+    noise = float(max(np.std(default, ddof=1), np.std(tuned, ddof=1))) if len(default) > 1 else float("nan")
+    adopted = bool(np.all(tuned < default) and gain > noise)
+    return {
+        "seeds": list(tune["confirm_seeds"]),
+        "default": scores["default"],
+        "tuned": scores["tuned"],
+        "gain": gain,
+        "seed_sd": noise,
+        "adopted": adopted,
+        "rule": "better on every seed and mean gain > the larger seed SD of the two configurations",
+        "verdict": f"objective {np.mean(tuned):.3f} (tuned) vs {np.mean(default):.3f} (default) over seeds "
+        f"{list(tune['confirm_seeds'])}: gain {gain:+.3f}, seed SD {noise:.3f}",
+    }
 
 
 def write_figures(study: optuna.Study, summary: dict[str, Any], paths: TunePaths) -> None:
@@ -204,11 +273,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--study-name", default=None, help="None: A3-PROFILE, e.g. A3-default")
     parser.add_argument("--out", default=None, help="put storage, trials and outputs in this folder")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    parser.add_argument(
+        "--choice",
+        default="metrics/sweep/choice.yaml",
+        metavar="CHOICE_YAML",
+        help="the sampler the study chose on validation, used by the judge (params.yaml eval.* when absent)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    cfg = load_config(EXPERIMENT, args.profile, args.overrides)
+    choice = repo_root() / args.choice
+    chosen = [o for o in tuned_overrides(choice) if o.startswith("eval.")]
+    cfg = load_config(EXPERIMENT, args.profile, [*chosen, *args.overrides])
+    print(f"judge's sampler: {' '.join(chosen) if chosen else 'params.yaml eval.* (no ' + str(choice) + ')'}")
+    full = copy.deepcopy(cfg)  # the full recipe, for the confirmation runs
+    full.pop("tune")
     tune = cfg.pop("tune")
     for key in ("trials", "workers"):
         if getattr(args, key) is not None:
@@ -240,6 +320,11 @@ def main(args: argparse.Namespace) -> int:
             if any(codes):
                 print(f"worker exit codes {codes}: see the messages above")
         summary = study_summary(storage, setup.study_name)
+        summary["objective"] = "mean of validation self ΔE00 and cross_gt tone ΔE00 at the study's sampler (last epoch)"
+        summary["sampler"] = {k: cfg["eval"][k] for k in ("sample_step", "eta", "deterministic", "weights")}
+        summary["trial_budget"] = {k: tune[k] for k in ("epochs", "max_train_images")}
+        if summary["best_trial"] is not None and n_finished(study) >= tune["trials"]:
+            summary["confirm"] = confirm(full, summary["best_params"], tune, paths, ValidationJudge(cfg))
         if summary["best_trial"] is not None:
             write_outputs(study, summary, paths)
         if setup.mlflow_run_id:
