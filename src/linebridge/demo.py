@@ -70,11 +70,12 @@ def find_checkpoints(root: Path, extra: Path | None = None) -> dict[str, Path]:
 
 
 def default_choice(models: dict[str, Path], extra: Path | None) -> str | None:
-    """--checkpoint when given, else the full method's best weights (A3), else the first found."""
+    """--checkpoint when given, else the full method's best weights (A3, seed 0), else the first found."""
     if not models:
         return None
-    if extra is None and "A3 / best.pt" in models:
-        return "A3 / best.pt"
+    for name in ("A3-s0 / best.pt", "A3 / best.pt"):
+        if extra is None and name in models:
+            return name
     return next(iter(models))
 
 
@@ -104,7 +105,7 @@ def find_examples(prepared: Path, per_protocol: int = EXAMPLES_PER_PROTOCOL) -> 
 def no_checkpoint_note(root: Path) -> str:
     """What to run when there is nothing to colour with (Markdown)."""
     took = ""
-    record = root / "metrics" / "train" / "A3.json"
+    record = root / "metrics" / "train" / "A3-s0.json"
     try:
         seconds = float(json.loads(record.read_text())["wall_time_s"])
         took = (
@@ -117,7 +118,7 @@ def no_checkpoint_note(root: Path) -> str:
         "### No trained checkpoint found\n"
         f"Nothing under `{root / 'outputs' / 'train'}/*/*.pt`. Train the full method, from the repository root:\n\n"
         "```bash\nlinebridge data fetch      # once: the OpenMoji SVGs\n"
-        "dvc repro train@A3         # runs `prepare` (and any other missing upstream stage) first\n```\n\n"
+        "dvc repro train@A3-0       # A3 with seed 0; runs `prepare` (and any missing upstream stage) first\n```\n\n"
         f"{took} Or start the demo with `--checkpoint PATH`. Then restart `linebridge demo` and reload this page."
     )
 

@@ -805,16 +805,44 @@ def _sampler_differs(root: Path, run: str, chosen: dict[str, Any]) -> bool:
 
 
 def tune_section(root: Path) -> list[str]:
+    """The Optuna study (`make tune`, not a stage): its judge, budget, best trial and whether it was adopted."""
     s = read_json(root / "metrics" / "tune.json")
     if s is None:
-        return ["The Optuna study has not run in this pipeline (`linebridge tune`)."]
+        return ["The Optuna study has not run (`make tune`)."]
+    if "objective" not in s:
+        return [
+            "The committed `metrics/tune.json` comes from an earlier study whose judge was a validation loss that "
+            "contains λ_edge itself; it carries no signal and its values are not used. Rerun with `make tune`."
+        ]
+    budget = s.get("trial_budget", {})
+    images = budget.get("max_train_images") or "all"
     lines = [
-        f"- best validation loss {s['best_value']:.4f} at "
+        f"- judge: {s['objective']}; sampler {s.get('sampler')}",
+        f"- trials (multi-fidelity): {budget.get('epochs', '?')} epochs on {images} training images each, the "
+        "recipe's schedule squeezed into them; " + ", ".join(f"{k} {v}" for k, v in s["counts"].items()),
+        f"- best trial {s['best_trial']}: objective {s['best_value']:.3f} at "
         + ", ".join(f"`{k}` = {v:.3g}" for k, v in s["best_params"].items()),
-        "- trials: " + ", ".join(f"{k} {v}" for k, v in s["counts"].items()),
     ]
     if s.get("importances"):
-        lines.append("- importances: " + ", ".join(f"`{k}` {v:.2f}" for k, v in s["importances"].items()))
+        shares = ", ".join(f"`{k}` {v:.2f}" for k, v in s["importances"].items())
+        lines.append(f"- importances (fANOVA, seeded): {shares}")
+    check = s.get("confirm")
+    if check:
+        per_seed = "; ".join(
+            f"seed {seed}: default {d['objective']:.3f}, tuned {t['objective']:.3f}"
+            for seed, d, t in zip(check["seeds"], check["default"], check["tuned"])
+        )
+        outcome = (
+            "**adopted**: the study trains with the tuned values (`tuned/best_params.yaml`)."
+            if check["adopted"]
+            else "**not adopted**: the study keeps the defaults."
+        )
+        lines += [
+            f"- confirmation at the full recipe ({per_seed}): {check['verdict']}",
+            f"- rule: {check['rule']} → {outcome}",
+        ]
+    else:
+        lines.append("- confirmation runs: not finished; the study keeps the defaults.")
     for fig in ("tune_history.png", "tune_importances.png"):
         if (root / "reports" / "figures" / fig).exists():
             lines += ["", f"![{fig}](figures/{fig})"]
