@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from linebridge.config import UserError, load_config, read_yaml, repo_root
+from linebridge.config import UserError, load_config, read_yaml, repo_root, study_runs
 from linebridge.data.datasets import ProtocolDataset
 from linebridge.data.splits import GRID_ITEMS, PROTOCOLS, spread
 from linebridge.evaluation.stats import format_p, holm, null_control, seed_group_contrast
@@ -132,11 +132,6 @@ def arm_runs(study: dict[str, Any]) -> dict[str, list[str]]:
     runs = {arm: [run_name(arm, s) for s in seeds] for arm, seeds in arm_seeds(study).items()}
     runs.update({name: [name] for name in [*study["baselines"], *study["trivial"]]})
     return runs
-
-
-def bbdm_runs(study: dict[str, Any]) -> list[str]:
-    """Every trained BBDM run (the ones with a sampler, a convergence check and a place in the contrasts)."""
-    return [run_name(arm, s) for arm, seeds in arm_seeds(study).items() for s in seeds]
 
 
 def seed0(study: dict[str, Any]) -> dict[str, str]:
@@ -644,7 +639,7 @@ def convergence_section(root: Path, study: dict[str, Any]) -> list[str]:
         "| run | steps | epochs | best epoch | val-loss fall, last quarter | converged | training minutes |",
         "|---|---|---|---|---|---|---|",
     ]
-    for run in bbdm_runs(study):
+    for run in study_runs(study):
         summary = read_json(root / "metrics" / "train" / f"{run}.json")
         history = read_history(root / "metrics" / "train" / f"{run}.csv")
         if summary is None and not history:
@@ -784,7 +779,7 @@ def choice_lines(root: Path, study: dict[str, Any]) -> list[str]:
         f"{e['weights']} weights — rule: {choice.get('rule', 'not recorded')}. The test split was evaluated once, "
         "with this setting, after it was chosen on the validation split."
     ]
-    other = [run for run in bbdm_runs(study) if _sampler_differs(root, run, e)]
+    other = [run for run in study_runs(study) if _sampler_differs(root, run, e)]
     if other:
         lines.append(
             f"**Not evaluated with it**: {', '.join(other)} (their metrics/eval JSON records another setting)."
@@ -1099,7 +1094,7 @@ def build_report(root: Path, groups: GroupLookup | None = None) -> tuple[str, li
         "",
         "## Training",
         "",
-        *training_table(root, [*bbdm_runs(study), *study["baselines"]]),
+        *training_table(root, [*study_runs(study), *study["baselines"]]),
         "",
         "![loss curves](figures/loss_curves.png)",
         "",
