@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from linebridge.config import UserError, load_config, read_yaml, repo_root, study_runs
+from linebridge.config import RUN_NAME, UserError, load_config, read_yaml, repo_root, study_runs
 from linebridge.data.datasets import ProtocolDataset
 from linebridge.data.splits import GRID_ITEMS, PROTOCOLS, spread
 from linebridge.evaluation.stats import format_p, holm, null_control, seed_group_contrast
@@ -115,10 +115,11 @@ class NotRun(Exception):
 
 
 def arm_seeds(study: dict[str, Any]) -> dict[str, list[int]]:
-    """Training seeds of each seeded (BBDM) arm: arms × seeds, minor arms × minor seeds, old recipe × first seed."""
-    seeds = {arm: list(study["seeds"]) for arm in study["arms"]}
-    seeds.update({arm: list(study["minor_seeds"]) for arm in study["minor_arms"]})
-    seeds[study["old_recipe"]] = [study["seeds"][0]]
+    """Training seeds of each seeded (BBDM) arm, read off the run list `config.study_runs` builds (ARM-sSEED)."""
+    seeds: dict[str, list[int]] = {}
+    for run in study_runs(study):
+        match = RUN_NAME.match(run)
+        seeds.setdefault(match["arm"], []).append(int(match["seed"]))
     return seeds
 
 
