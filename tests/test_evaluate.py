@@ -126,6 +126,33 @@ def test_sweep_rows(in_study, trained, tmp_path):
     assert json.loads((evaluated / "self.json").read_text())["weights"] == choice["weights"]
 
 
+def test_sweep_over_seeds_averages_each_setting(in_study, trained, tmp_path):
+    """--seeds scores every setting on ARM-sN for each N and chooses on the mean: two copies of one checkpoint
+    give that checkpoint's own values, row by row."""
+    small = ["--profile", "tiny", "--set", "eval.sweep_steps=[5]", "--set", "eval.sweep_images=4"]
+    links = [in_study / "outputs" / "train" / f"A3-s{s}" for s in (0, 1)]
+    for link in links:
+        link.symlink_to(trained.parent, target_is_directory=True)
+    try:
+        one, two = tmp_path / "one", tmp_path / "two"
+        assert cli_main(["evaluate", "--experiment", "A3", "--sweep", "--out", str(one), *small]) == 0
+        assert (
+            cli_main(["evaluate", "--experiment", "A3-s0", "--sweep", "--seeds", "0", "1", "--out", str(two), *small])
+            == 0
+        )
+    finally:
+        for link in links:
+            link.unlink()
+    single, double = (json.loads((d / "sweep.json").read_text()) for d in (one, two))
+    assert double["checkpoints"] == ["outputs/train/A3-s0/best.pt", "outputs/train/A3-s1/best.pt"]
+    for a, b in zip(single["rows"], double["rows"], strict=True):
+        assert b["per_checkpoint"] == [a["metrics"], a["metrics"]]
+        assert b["metrics"] == pytest.approx(a["metrics"])
+    assert "mean over 2 checkpoints" in yaml.safe_load((two / "choice.yaml").read_text())["rule"]
+    assert cli_main(["evaluate", "--experiment", "A3", "--seeds", "0", *small]) == 2  # --seeds needs --sweep
+    assert cli_main(["evaluate", "--experiment", "A3-s0", "--sweep", "--seeds", "7", *small]) == 2  # no A3-s7
+
+
 def test_colorize_any_size_and_mode(in_study, trained, tmp_path):
     line = Image.new("LA", (37, 23), (255, 0))  # transparent, odd size, with alpha
     for x in range(5, 30):

@@ -150,11 +150,16 @@ def split_run_name(name: str | None, root: Path) -> tuple[str | None, int | None
     return name, None
 
 
+def run_name(arm: str, seed: int) -> str:
+    """("A3", 1) → `A3-s1`, the inverse of split_run_name."""
+    return f"{arm}-s{seed}"
+
+
 def study_runs(study: Config) -> list[str]:
     """Every BBDM run the study trains, as ARM-sSEED: arms × seeds, minor arms × minor seeds, the old recipe."""
-    runs = [f"{arm}-s{seed}" for arm in study["arms"] for seed in study["seeds"]]
-    runs += [f"{arm}-s{seed}" for arm in study["minor_arms"] for seed in study["minor_seeds"]]
-    return runs + [f"{study['old_recipe']}-s{study['seeds'][0]}"]
+    runs = [run_name(arm, seed) for arm in study["arms"] for seed in study["seeds"]]
+    runs += [run_name(arm, seed) for arm in study["minor_arms"] for seed in study["minor_seeds"]]
+    return runs + [run_name(study["old_recipe"], study["seeds"][0])]
 
 
 def flatten(cfg: Config, prefix: str = "") -> dict[str, Any]:

@@ -82,6 +82,7 @@ class Model(Section):
     scale_shift: bool
     reference_downsample: PowerOfTwo
     reference_positions: bool
+    reference_global: bool
 
 
 class Loss(Section):

@@ -28,7 +28,16 @@ import yaml
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from linebridge.config import UserError, add_config_arguments, load_config, repo_root, tuned_overrides
+from linebridge.config import (
+    UserError,
+    add_config_arguments,
+    load_config,
+    read_yaml,
+    repo_root,
+    run_name,
+    split_run_name,
+    tuned_overrides,
+)
 from linebridge.data.datasets import ProtocolDataset
 from linebridge.data.splits import GRID_ITEMS, PROTOCOLS, spread
 from linebridge.evaluation import metrics as M
@@ -223,46 +232,57 @@ def validation_sets(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {p: load_protocol(prepared, p, ec["max_per_group"], ec["sweep_images"], split="val") for p in VAL_PROTOCOLS}
 
 
-def sweep(checkpoint: Path, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+def sweep(checkpoints: list[Path], cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """Choose the sampler on the validation split: steps × {η = 1, deterministic} × {EMA, raw weights}.
 
-    Writes OUT/sweep.json (every row) and OUT/choice.yaml (the setting with the highest
-    validation self PSNR; ties go to fewer steps), which every test evaluation of the study
-    reads, so the test split is evaluated once, with a setting it did not choose.
+    Every setting is scored on each checkpoint (the training seeds of one arm) and the scores
+    are averaged: one seed's lucky setting (raw weights that happen to be good on seed 0) must
+    not decide for all. Writes OUT/sweep.json (every row, with the per-checkpoint values) and
+    OUT/choice.yaml (the setting with the highest mean validation self PSNR; ties go to fewer
+    steps), which every test evaluation of the study reads, so the test split is evaluated
+    once, with a setting it did not choose.
     """
     from linebridge.inference import load_colorizer
 
     ec = cfg["eval"]
     data = validation_sets(cfg)
+    n_items = sum(len(d["id"]) for d in data.values())
     rows = []
     for weights in ("ema", "raw"):
         for steps in ec["sweep_steps"]:
             for deterministic in (False, True):
-                fn, _ = load_colorizer(
-                    checkpoint, weights, steps, 1.0, deterministic, clip_denoised=ec["clip_denoised"]
-                )
-                t0 = time.perf_counter()
-                quality = validation_quality(fn, data, cfg["seed"])
-                seconds = (time.perf_counter() - t0) / sum(len(d["id"]) for d in data.values())
+                per_checkpoint, seconds = [], 0.0
+                for checkpoint in checkpoints:
+                    fn, _ = load_colorizer(
+                        checkpoint, weights, steps, 1.0, deterministic, clip_denoised=ec["clip_denoised"]
+                    )
+                    t0 = time.perf_counter()
+                    per_checkpoint.append(validation_quality(fn, data, cfg["seed"]))
+                    seconds += (time.perf_counter() - t0) / n_items
+                quality = {k: sum(q[k] for q in per_checkpoint) / len(per_checkpoint) for k in per_checkpoint[0]}
                 rows.append(
                     {
                         "weights": weights,
                         "steps": steps,
                         "deterministic": deterministic,
                         "sampler": "deterministic (ODE)" if deterministic else "eta=1 (ancestral)",
-                        "seconds_per_image": seconds,
+                        "seconds_per_image": seconds / len(checkpoints),
                         "n_images": {p: len(d["id"]) for p, d in data.items()},
                         "metrics": quality,
+                        "per_checkpoint": per_checkpoint,
                     }
                 )
                 print(
-                    f"{weights:>3} {steps:>4} steps {rows[-1]['sampler']:<20} {seconds * 1000:7.1f} ms/image  "
+                    f"{weights:>3} {steps:>4} steps {rows[-1]['sampler']:<20} "
+                    f"{rows[-1]['seconds_per_image'] * 1000:7.1f} ms/image  "
                     f"PSNR {quality['psnr']:.2f}  tone ΔE {quality['delta_e_tone']:.2f}",
                     flush=True,
                 )
     best = max(rows, key=lambda r: (round(r["metrics"]["psnr"], 2), -r["steps"]))
-    record = {"checkpoint": shown_path(checkpoint), "split": "val", "clip_denoised": ec["clip_denoised"]}
+    shown = [shown_path(c) for c in checkpoints]
+    record = {"checkpoints": shown, "split": "val", "clip_denoised": ec["clip_denoised"]}
     write_json(out_dir / "sweep.json", {**record, "rows": rows})
+    over = f"the mean over {len(checkpoints)} checkpoints' " if len(checkpoints) > 1 else ""
     choice = {
         "eval": {
             "sample_step": best["steps"],
@@ -270,7 +290,7 @@ def sweep(checkpoint: Path, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any
             "deterministic": best["deterministic"],
             "weights": best["weights"],
         },
-        "rule": "highest mean validation self PSNR (0.01 dB), ties to fewer steps; "
+        "rule": f"highest {over}mean validation self PSNR (0.01 dB), ties to fewer steps; "
         f"{best['metrics']['psnr']:.2f} dB on {best['n_images']['self']} validation items",
     }
     write_atomic(out_dir / "choice.yaml", yaml.safe_dump(choice, sort_keys=False))
@@ -329,6 +349,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", default=None, help="output folder (default metrics/eval/NAME)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not add the test metrics to its MLflow run")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="*",
+        default=None,
+        metavar="N",
+        help="with --sweep: score every setting on these training seeds of the experiment's arm "
+        "(outputs/train/ARM-sN) and choose on their mean; without numbers: params.yaml study.seeds",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--sweep",
@@ -352,8 +381,18 @@ def main(args: argparse.Namespace) -> int:
     ckpt = None if name in TRIVIAL else Path(args.checkpoint or repo_root() / "outputs" / "train" / name / "best.pt")
     if (args.sweep or args.curve) and ckpt is None:
         raise UserError(f"--sweep and --curve compare sampler settings; {name} is a trivial output with no sampler")
+    if args.seeds is not None and not args.sweep:
+        raise UserError("--seeds only goes with --sweep (it averages the sweep over training seeds)")
     if args.sweep:
-        sweep(ckpt, cfg, Path(args.out or repo_root() / "metrics" / "sweep"))
+        checkpoints = [ckpt]
+        if args.seeds is not None:
+            arm = split_run_name(name, repo_root())[0]
+            seeds = args.seeds or read_yaml(repo_root() / "params.yaml")["study"]["seeds"]
+            checkpoints = [repo_root() / "outputs" / "train" / run_name(arm, s) / "best.pt" for s in seeds]
+            missing = [str(c) for c in checkpoints if not c.exists()]
+            if missing:
+                raise UserError(f"--seeds: no checkpoint {', '.join(missing)}; train those runs first")
+        sweep(checkpoints, cfg, Path(args.out or repo_root() / "metrics" / "sweep"))
         return 0
     if args.curve:
         curve(ckpt.parent, cfg, Path(args.out or repo_root() / "metrics" / "curve") / f"{name}.json")

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from linebridge.config import RUN_NAME, UserError, load_config, read_yaml, repo_root, study_runs
+from linebridge.config import RUN_NAME, UserError, load_config, read_yaml, repo_root, run_name, study_runs
 from linebridge.data.datasets import ProtocolDataset
 from linebridge.data.splits import GRID_ITEMS, PROTOCOLS, spread
 from linebridge.evaluation.stats import format_p, holm, null_control, seed_group_contrast
@@ -121,11 +121,6 @@ def arm_seeds(study: dict[str, Any]) -> dict[str, list[int]]:
         match = RUN_NAME.match(run)
         seeds.setdefault(match["arm"], []).append(int(match["seed"]))
     return seeds
-
-
-def run_name(arm: str, seed: int) -> str:
-    """The folder name of one training run, as the train and evaluate stages write it."""
-    return f"{arm}-s{seed}"
 
 
 def arm_runs(study: dict[str, Any]) -> dict[str, list[str]]:
@@ -741,6 +736,14 @@ def sweep_cell(value: Any, metric: str) -> str:
     return fmt(value, metric) if isinstance(value, dict) else show(value, metric)
 
 
+def checkpoint_text(sweep: dict[str, Any]) -> str:
+    """Which checkpoints the sweep scored: several (its rows are their means) or one."""
+    paths = sweep.get("checkpoints") or [sweep.get("checkpoint")]
+    if len(paths) == 1:
+        return f"Checkpoint `{paths[0]}`"
+    return f"Means over the checkpoints {', '.join(f'`{p}`' for p in paths)} (the arm's training seeds)"
+
+
 def sweep_section(root: Path, study: dict[str, Any]) -> list[str]:
     """The validation sweep (steps × sampler × weights) and the setting chosen from it for the test evaluations."""
     s = read_json(root / "metrics" / "sweep" / "sweep.json")
@@ -760,7 +763,7 @@ def sweep_section(root: Path, study: dict[str, Any]) -> list[str]:
         )
     lines += [
         "",
-        f"Checkpoint `{s.get('checkpoint')}` on the {s.get('split', 'val')} split (tone ΔE00 on its cross_gt items, "
+        f"{checkpoint_text(s)} on the {s.get('split', 'val')} split (tone ΔE00 on its cross_gt items, "
         "the rest on its self items); means over the items. 'eta=1' is BBDM's ancestral sampler; 'deterministic' is "
         "the DDIM-style ODE. Seconds are wall time on this machine, which varies with its load.",
         "",
