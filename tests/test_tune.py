@@ -270,6 +270,24 @@ def test_pruned_trials_count_and_one_complete_trial_gives_an_importances_note(in
     assert (out / "tune_importances.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_trial_is_never_pruned_after_its_last_epoch(in_study, tmp_path, monkeypatch):
+    """Pruning at the last epoch would discard a trial whose budget is already spent: with pruning allowed only
+    there (first epoch 2 of 2), every trial completes although each is worse than the one before."""
+    import linebridge.tuning.study as tune_module
+
+    calls = {"n": 0}
+
+    def worse_every_epoch(self, path):
+        calls["n"] += 1
+        return {"objective": float(calls["n"])}
+
+    monkeypatch.setattr(tune_module.ValidationJudge, "__call__", worse_every_epoch)
+    out = tmp_path / "last"
+    args = ["--trials", "3", "--set", "tune.pruner_startup_trials=1", "--set", "tune.pruner_first_epoch=2"]
+    assert cli_main([*TUNE, *args, "--out", str(out)]) == 0
+    assert [t.state for t in load(out).trials] == [TrialState.COMPLETE] * 3
+
+
 def test_optuna_dashboard_serves_the_study(parallel_study):
     """The README's `optuna-dashboard` command, for real: it serves the journal the study wrote."""
     import socket

@@ -197,7 +197,7 @@ def run_trial(trial: optuna.Trial, setup: Setup, judge: ValidationJudge) -> floa
         last = scores["objective"]
         log.metrics({**scores, "val_loss": val_loss}, epoch)  # val_loss: the trial's own, not comparable
         trial.report(last, epoch)
-        if trial.should_prune():
+        if epoch < cfg["train"]["epochs"] and trial.should_prune():  # after the last epoch the budget is spent
             raise optuna.TrialPruned(f"objective {last:.4f} at epoch {epoch} is worse than the median")
 
     try:
