@@ -282,7 +282,7 @@ def sweep(checkpoints: list[Path], cfg: dict[str, Any], out_dir: Path) -> dict[s
     shown = [shown_path(c) for c in checkpoints]
     record = {"checkpoints": shown, "split": "val", "clip_denoised": ec["clip_denoised"]}
     write_json(out_dir / "sweep.json", {**record, "rows": rows})
-    over = f"the mean over {len(checkpoints)} checkpoints' " if len(checkpoints) > 1 else ""
+    over = f" (the mean over {len(checkpoints)} checkpoints)" if len(checkpoints) > 1 else ""
     choice = {
         "eval": {
             "sample_step": best["steps"],
@@ -290,7 +290,7 @@ def sweep(checkpoints: list[Path], cfg: dict[str, Any], out_dir: Path) -> dict[s
             "deterministic": best["deterministic"],
             "weights": best["weights"],
         },
-        "rule": f"highest {over}mean validation self PSNR (0.01 dB), ties to fewer steps; "
+        "rule": f"highest mean validation self PSNR{over} (0.01 dB), ties to fewer steps; "
         f"{best['metrics']['psnr']:.2f} dB on {best['n_images']['self']} validation items",
     }
     write_atomic(out_dir / "choice.yaml", yaml.safe_dump(choice, sort_keys=False))
