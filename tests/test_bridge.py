@@ -318,3 +318,39 @@ def test_colorize_passes_clip_denoised():
         runs[clip] = colorize(net, bridge, line, ref, 5, callback=lambda i, x: seen.append(x), clip_denoised=clip)
         assert (max(float(x.abs().max()) for x in seen) <= 1) == clip
     assert runs[True].abs().max() <= 1
+
+
+class AffineNet(torch.nn.Module):
+    """A stand-in network whose prediction is known: x_t + the reference's mean (its 'context')."""
+
+    reference = "cross_attention"
+
+    def encode_reference(self, ref):
+        return ref.mean(dim=(1, 2, 3))
+
+    def forward(self, x, t, line, ref, context=None):
+        return x + context.view(-1, 1, 1, 1)
+
+
+def test_reference_guidance_extrapolates_from_the_blank_page():
+    from linebridge.bbdm.sampling import guided
+
+    net, x, t = AffineNet(), torch.rand(2, 3, 4, 4), torch.tensor([5, 5])
+    line, ref = torch.rand(2, 1, 4, 4), torch.full((2, 3, 4, 4), -0.5)  # blank page: mean 1
+    cond, blank = x - 0.5, x + 1.0
+    torch.testing.assert_close(guided(net, line, ref, 1.0)(x, t), cond)
+    torch.testing.assert_close(guided(net, line, ref, 0.0)(x, t), blank)
+    torch.testing.assert_close(guided(net, line, ref, 2.5)(x, t), blank + 2.5 * (cond - blank))
+
+
+def test_colorize_guidance_1_is_the_unguided_sampler_and_guidance_changes_it():
+    from linebridge.bbdm.sampling import colorize
+    from linebridge.bbdm.unet import DualStreamUNet
+
+    torch.manual_seed(0)
+    net = DualStreamUNet(16, channel_mult=(1, 2), model_channels=16, context_dim=16, heads=2, dim_head=8).eval()
+    bridge = BrownianBridge()
+    line, ref = torch.rand(2, 1, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
+    plain = colorize(net, bridge, line, ref, 5)
+    assert torch.equal(colorize(net, bridge, line, ref, 5, guidance=1.0), plain)
+    assert not torch.equal(colorize(net, bridge, line, ref, 5, guidance=3.0), plain)

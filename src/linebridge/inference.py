@@ -43,12 +43,13 @@ def load_colorizer(
     device: torch.device | str = "cpu",
     callback: StepCallback | None = None,
     clip_denoised: bool | None = None,
+    guidance: float | None = None,
 ) -> tuple[Colorizer, Config]:
     """`fn(lineart, ref, seed) -> colour` for any linebridge checkpoint (BBDM or a GAN baseline).
 
     For BBDM the sampler settings are bound here (None: the checkpoint's eval.sample_step,
-    eval.eta and eval.clip_denoised, False in checkpoints from before it existed), and so
-    is `callback(i, x̂)` (see `BrownianBridge.sample`); GAN baselines ignore them all (they
+    eval.eta, eval.clip_denoised and eval.guidance, off in checkpoints from before they
+    existed), and so is `callback(i, x̂)` (see `BrownianBridge.sample`); GAN baselines ignore them all (they
     have no sampler, so the callback is never called).
     """
     state = checkpoint.load(path, kind=None, map_location=device)
@@ -60,12 +61,23 @@ def load_colorizer(
         steps = cfg["eval"]["sample_step"] if steps is None else steps
         eta = sampler_eta(cfg) if eta is None else eta
         clip = bool(cfg["eval"].get("clip_denoised", False)) if clip_denoised is None else clip_denoised
+        guidance = float(cfg["eval"].get("guidance", 1.0)) if guidance is None else guidance
         check_sampler(steps, eta, cfg["bridge"]["num_timesteps"])
 
         def fn(lineart: Tensor, ref: Tensor | None, seed: int) -> Tensor:
             ref = None if net.reference == "none" else ref
             return colorize(
-                net, bridge, lineart, ref, steps, eta, deterministic, seed, callback=callback, clip_denoised=clip
+                net,
+                bridge,
+                lineart,
+                ref,
+                steps,
+                eta,
+                deterministic,
+                seed,
+                callback=callback,
+                clip_denoised=clip,
+                guidance=guidance,
             )
 
         return fn, cfg

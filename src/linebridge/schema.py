@@ -57,6 +57,7 @@ class Augment(Section):
     tps_scale: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
     jitter: Jitter
     reference_source: Literal["self", "same_tone"]
+    reference_dropout: Fraction
 
 
 class Bridge(Section):
@@ -126,6 +127,7 @@ class Eval(Section):
     deterministic: bool
     weights: Literal["ema", "raw"]
     clip_denoised: bool
+    guidance: NonNegFloat
     max_per_group: NonNegInt
     sweep_steps: Annotated[list[Annotated[int, Field(ge=2)]], Field(min_length=1)]
     sweep_images: PosInt

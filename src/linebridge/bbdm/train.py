@@ -27,7 +27,14 @@ from linebridge.bbdm.losses import LPIPS_LOSS_NET, edge_weighted_l1, lpips_loss
 from linebridge.bbdm.sampling import build_bridge, colorize
 from linebridge.bbdm.unet import build_model, use_channels_last
 from linebridge.config import Config, UserError
-from linebridge.data.batches import SameToneDonors, batches, collate, reference_for, validation_rng
+from linebridge.data.batches import (
+    SameToneDonors,
+    batches,
+    collate,
+    drop_references,
+    reference_for,
+    validation_rng,
+)
 from linebridge.pretrained import load_lpips
 from linebridge.runs import EpochCallback, NanWatch, Paths, TrainingRun, limited, save_sample_grid
 
@@ -233,7 +240,7 @@ def train(
             for i, idx in enumerate(bar):
                 batch = collate(train_set, idx, device)
                 source = batch["GT"] if donors is None else collate(train_set, donors.pick(idx), device)["GT"]
-                ref = reference_for(source, cfg)
+                ref = drop_references(reference_for(source, cfg), cfg["augment"]["reference_dropout"])
                 t = torch.randint(0, bridge.num_timesteps, (len(idx),)).to(device)
                 noise = torch.randn(batch["GT"].shape).to(device)
                 mine = ddp.my_slice(len(idx))  # the whole slice in a single process

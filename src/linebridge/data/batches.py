@@ -4,7 +4,8 @@ The batch order of an epoch depends only on (seed, epoch), and validation draws 
 timesteps, noise and references under a fixed seed, so runs, resumes and loss curves are
 comparable. `reference_for` is the training reference: the target, TPS-warped and
 colour-jittered (`data.augment`); `SameToneDonors` swaps the target for another drawing
-in the same skin tone (augment.reference_source = same_tone).
+in the same skin tone (augment.reference_source = same_tone); `drop_references` blanks a
+share of them (augment.reference_dropout) for reference guidance.
 """
 
 from __future__ import annotations
@@ -53,6 +54,24 @@ def reference_for(gt: Tensor, cfg: Config) -> Tensor:
 
     a = cfg["augment"]
     return make_reference(gt, a["use_tps"], a["tps_scale"], a["jitter"])
+
+
+def blank_reference(ref: Tensor) -> Tensor:
+    """The null reference: a white page of `ref`'s shape (white is OpenMoji's background, [-1, 1] scale)."""
+    return torch.ones_like(ref)
+
+
+def drop_references(ref: Tensor, share: float) -> Tensor:
+    """`ref` with each item replaced by the blank page with probability `share` (augment.reference_dropout).
+
+    The model then also learns the prediction without a reference, which reference guidance
+    contrasts with the one with it. The draw uses the global RNG (it replays on resume) and
+    is skipped at share 0, so runs without dropout keep their random stream.
+    """
+    if share <= 0:
+        return ref
+    drop = (torch.rand(ref.shape[0]) < share).to(ref.device).view(-1, 1, 1, 1)
+    return torch.where(drop, blank_reference(ref), ref)
 
 
 class SameToneDonors:

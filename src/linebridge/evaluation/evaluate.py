@@ -163,7 +163,7 @@ def evaluate(
     colorizer, sampled = None, False  # sampled: a BBDM model, whose sampler settings and weights are recorded
     if name not in TRIVIAL:
         colorizer, model_cfg = load_colorizer(
-            checkpoint, weights, steps, eta, deterministic, clip_denoised=ec["clip_denoised"]
+            checkpoint, weights, steps, eta, deterministic, clip_denoised=ec["clip_denoised"], guidance=ec["guidance"]
         )
         sampled = model_cfg["model"]["family"] == "bbdm"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -184,6 +184,7 @@ def evaluate(
                 "eta": eta,
                 "deterministic": deterministic,
                 "clip_denoised": ec["clip_denoised"],
+                "guidance": ec["guidance"],
                 "seed": cfg["seed"],
             }
             if sampled
@@ -254,7 +255,13 @@ def sweep(checkpoints: list[Path], cfg: dict[str, Any], out_dir: Path) -> dict[s
                 per_checkpoint, seconds = [], 0.0
                 for checkpoint in checkpoints:
                     fn, _ = load_colorizer(
-                        checkpoint, weights, steps, 1.0, deterministic, clip_denoised=ec["clip_denoised"]
+                        checkpoint,
+                        weights,
+                        steps,
+                        1.0,
+                        deterministic,
+                        clip_denoised=ec["clip_denoised"],
+                        guidance=ec["guidance"],
                     )
                     t0 = time.perf_counter()
                     per_checkpoint.append(validation_quality(fn, data, cfg["seed"]))
@@ -280,7 +287,7 @@ def sweep(checkpoints: list[Path], cfg: dict[str, Any], out_dir: Path) -> dict[s
                 )
     best = max(rows, key=lambda r: (round(r["metrics"]["psnr"], 2), -r["steps"]))
     shown = [shown_path(c) for c in checkpoints]
-    record = {"checkpoints": shown, "split": "val", "clip_denoised": ec["clip_denoised"]}
+    record = {"checkpoints": shown, "split": "val", "clip_denoised": ec["clip_denoised"], "guidance": ec["guidance"]}
     write_json(out_dir / "sweep.json", {**record, "rows": rows})
     over = f" (the mean over {len(checkpoints)} checkpoints)" if len(checkpoints) > 1 else ""
     choice = {
@@ -313,7 +320,13 @@ def curve(run_dir: Path, cfg: dict[str, Any], out_path: Path) -> list[dict[str, 
     for path in tqdm(paths, desc=f"curve {run_dir.name}", unit="epoch"):
         state = ckpt_io.load(path, kind=None)
         fn, _ = load_colorizer(
-            path, ec["weights"], ec["sample_step"], ec["eta"], ec["deterministic"], clip_denoised=ec["clip_denoised"]
+            path,
+            ec["weights"],
+            ec["sample_step"],
+            ec["eta"],
+            ec["deterministic"],
+            clip_denoised=ec["clip_denoised"],
+            guidance=ec["guidance"],
         )
         wall = walls[state["epoch"] - 1] if len(walls) >= state["epoch"] else None
         quality = validation_quality(fn, data, cfg["seed"])

@@ -120,7 +120,13 @@ class ValidationJudge:
 
         ec = self.cfg["eval"]
         fn, _ = load_colorizer(
-            path, ec["weights"], ec["sample_step"], ec["eta"], ec["deterministic"], clip_denoised=ec["clip_denoised"]
+            path,
+            ec["weights"],
+            ec["sample_step"],
+            ec["eta"],
+            ec["deterministic"],
+            clip_denoised=ec["clip_denoised"],
+            guidance=ec["guidance"],
         )
         quality = validation_quality(fn, self.data, self.cfg["seed"])
         return {"objective": (quality["delta_e"] + quality["delta_e_tone"]) / 2, **quality}
