@@ -534,3 +534,29 @@ def test_reference_dropout_blanks_whole_items_and_leaves_the_rest():
     blank = (out == 1).flatten(1).all(1)
     assert 10 < int(blank.sum()) < 54
     assert torch.equal(out[~blank], ref[~blank])
+
+
+def test_shared_jitter_recolours_target_and_source_alike():
+    from linebridge.data.augment import jitter_pair
+
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 8, 8) * 2 - 1
+    a, b = jitter_pair(x, x.clone(), {"brightness": 0.2, "contrast": 0.1, "saturation": 0.3, "hue": 0.1})
+    assert torch.equal(a, b) and (a - x).abs().max() > 0.05
+    y = torch.rand(6, 3, 8, 8) * 0.5 - 0.25  # brightness only, away from clamping: one shift per item, for both
+    a, b = jitter_pair(y, y.flip(-1), {"brightness": 0.2})
+    shift = (a - y).flatten(1)
+    torch.testing.assert_close(shift, (b - y.flip(-1)).flatten(1))
+    torch.testing.assert_close(shift, shift[:, :1].expand_as(shift))
+    assert shift[:, 0].std() > 0.01  # a different draw for each item
+
+
+def test_shared_jitter_off_draws_nothing_and_changes_nothing():
+    from linebridge.data.batches import shared_jitter
+
+    cfg = load_config("A0")  # A0 turns it off: it has no reference to read the colours from
+    x = torch.rand(2, 3, 8, 8)
+    before = torch.get_rng_state()
+    target, source = shared_jitter(x, x, cfg)
+    assert target is x and source is x
+    assert torch.equal(torch.get_rng_state(), before)

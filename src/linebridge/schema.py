@@ -56,6 +56,7 @@ class Augment(Section):
     use_tps: bool
     tps_scale: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
     jitter: Jitter
+    shared_jitter: Jitter
     reference_source: Literal["self", "same_tone"]
     reference_dropout: Fraction
 

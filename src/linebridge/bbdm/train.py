@@ -33,6 +33,7 @@ from linebridge.data.batches import (
     collate,
     drop_references,
     reference_for,
+    shared_jitter,
     validation_rng,
 )
 from linebridge.pretrained import load_lpips
@@ -240,6 +241,7 @@ def train(
             for i, idx in enumerate(bar):
                 batch = collate(train_set, idx, device)
                 source = batch["GT"] if donors is None else collate(train_set, donors.pick(idx), device)["GT"]
+                batch["GT"], source = shared_jitter(batch["GT"], source, cfg)
                 ref = drop_references(reference_for(source, cfg), cfg["augment"]["reference_dropout"])
                 t = torch.randint(0, bridge.num_timesteps, (len(idx),)).to(device)
                 noise = torch.randn(batch["GT"].shape).to(device)

@@ -44,6 +44,17 @@ def make_reference(gt: Tensor, use_tps: bool, tps_scale: float, jitter: Mapping[
     return ref.clamp(-1.0, 1.0)
 
 
+def jitter_pair(target: Tensor, source: Tensor, jitter: Mapping[str, float]) -> tuple[Tensor, Tensor]:
+    """`target` and `source` [B,3,H,W] in [-1, 1] under one colour jitter per item (the same draw for both).
+
+    With the target recoloured like its reference, the line art no longer tells the colours:
+    the reference is the only place to read them from, which is what transfer needs.
+    """
+    jiggle = KA.ColorJiggle(**{key: float(jitter.get(key, 0.0)) for key in JITTER_KEYS}, p=1.0)
+    out = jiggle(_to01(target))
+    return _from01(out), _from01(jiggle(_to01(source), params=jiggle._params))
+
+
 def _to01(x: Tensor) -> Tensor:
     return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
 

@@ -56,6 +56,19 @@ def reference_for(gt: Tensor, cfg: Config) -> Tensor:
     return make_reference(gt, a["use_tps"], a["tps_scale"], a["jitter"])
 
 
+def shared_jitter(target: Tensor, source: Tensor, cfg: Config) -> tuple[Tensor, Tensor]:
+    """Target and reference source recoloured by the same random jitter (augment.shared_jitter; off: unchanged).
+
+    No draw when every strength is 0, so runs without it keep their random stream.
+    """
+    strengths = cfg["augment"]["shared_jitter"]
+    if not any(strengths.values()):
+        return target, source
+    from linebridge.data.augment import jitter_pair
+
+    return jitter_pair(target, source, strengths)
+
+
 def blank_reference(ref: Tensor) -> Tensor:
     """The null reference: a white page of `ref`'s shape (white is OpenMoji's background, [-1, 1] scale)."""
     return torch.ones_like(ref)
