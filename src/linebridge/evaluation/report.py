@@ -98,7 +98,7 @@ ARM_DESCRIPTIONS = (
     "A3 = + TPS references (full method); A4 = A3 with the reference concatenated; "
     "A5 = A3 trained with same-skin-tone references taken from other training drawings; "
     "A3r = A3 again with different float rounding (the null-control twin); "
-    "A3old = A3 under the previous training recipe. "
+    "A3old = A3 under the previous training recipe (batch 16, no shared colour jitter). "
     "Pix2Pix sees only the line art; SCFT uses the reference. "
     "`copy-lineart` / `copy-reference` / `reference-with-lines` are trivial outputs that calibrate the scale. "
     "ControlNet: **not run** — it needs Stable Diffusion + ControlNet weights and a GPU."
