@@ -75,6 +75,15 @@ def test_colorize_rejects_bad_sampler_settings(in_study, checkpoint, tmp_path, c
     assert not out.exists()
 
 
+def test_guidance_needs_a_model_trained_with_reference_dropout(checkpoint):
+    from linebridge.config import UserError
+    from linebridge.inference import load_colorizer
+
+    load_colorizer(checkpoint, guidance=1.0)
+    with pytest.raises(UserError, match=r"eval.guidance=2.0: .* augment.reference_dropout=0.1"):
+        load_colorizer(checkpoint, guidance=2.0)
+
+
 @pytest.mark.parametrize("target, message", [("folder", "is a folder"), ("colour.unknownext", "unknown image type")])
 def test_colorize_rejects_unusable_output(in_study, checkpoint, tmp_path, capsys, target, message):
     Image.new("L", (20, 12), 255).save(tmp_path / "l.png")

@@ -63,6 +63,11 @@ def load_colorizer(
         clip = bool(cfg["eval"].get("clip_denoised", False)) if clip_denoised is None else clip_denoised
         guidance = float(cfg["eval"].get("guidance", 1.0)) if guidance is None else guidance
         check_sampler(steps, eta, cfg["bridge"]["num_timesteps"])
+        if guidance != 1.0 and not cfg["augment"].get("reference_dropout", 0.0):
+            raise UserError(
+                f"eval.guidance={guidance}: {path} was trained without augment.reference_dropout, so its blank-page "
+                "prediction is out of distribution; use guidance 1, or train with --set augment.reference_dropout=0.1"
+            )
 
         def fn(lineart: Tensor, ref: Tensor | None, seed: int) -> Tensor:
             ref = None if net.reference == "none" else ref

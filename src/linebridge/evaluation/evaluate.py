@@ -227,6 +227,26 @@ def validation_quality(fn, data: dict[str, dict[str, Any]], seed: int) -> dict[s
     return values
 
 
+def study_colorizer(path: Path, ec: dict[str, Any]):
+    """The colorizer of the checkpoint at `path` under the sampler of eval section `ec` (the sweep's choice)."""
+    from linebridge.inference import load_colorizer
+
+    return load_colorizer(
+        path,
+        ec["weights"],
+        ec["sample_step"],
+        ec["eta"],
+        ec["deterministic"],
+        clip_denoised=ec["clip_denoised"],
+        guidance=ec["guidance"],
+    )[0]
+
+
+def study_quality(path: Path, cfg: dict[str, Any], data: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """`validation_quality` of the checkpoint at `path` under the study's sampler (cfg's eval section)."""
+    return validation_quality(study_colorizer(path, cfg["eval"]), data, cfg["seed"])
+
+
 def validation_sets(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """eval.sweep_images group-stratified items of each validation protocol (the same for every setting)."""
     ec, prepared = cfg["eval"], Path(repo_root() / cfg["data"]["prepared_dir"])
@@ -307,7 +327,6 @@ def sweep(checkpoints: list[Path], cfg: dict[str, Any], out_dir: Path) -> dict[s
 def curve(run_dir: Path, cfg: dict[str, Any], out_path: Path) -> list[dict[str, Any]]:
     """Validation quality of each kept epoch (epochs/epoch_NNN.pt) at the study's sampler: quality per minute."""
     from linebridge import checkpoint as ckpt_io
-    from linebridge.inference import load_colorizer
 
     ec = cfg["eval"]
     paths = sorted((run_dir / "epochs").glob("epoch_*.pt"))
@@ -319,17 +338,8 @@ def curve(run_dir: Path, cfg: dict[str, Any], out_path: Path) -> list[dict[str, 
     rows = []
     for path in tqdm(paths, desc=f"curve {run_dir.name}", unit="epoch"):
         state = ckpt_io.load(path, kind=None)
-        fn, _ = load_colorizer(
-            path,
-            ec["weights"],
-            ec["sample_step"],
-            ec["eta"],
-            ec["deterministic"],
-            clip_denoised=ec["clip_denoised"],
-            guidance=ec["guidance"],
-        )
         wall = walls[state["epoch"] - 1] if len(walls) >= state["epoch"] else None
-        quality = validation_quality(fn, data, cfg["seed"])
+        quality = study_quality(path, cfg, data)
         rows.append({"epoch": state["epoch"], "step": state["step"], "wall_s": wall, **quality})
     sampler = {k: ec[k] for k in ("sample_step", "eta", "deterministic", "weights")}
     write_json(out_path, {"run": run_dir.name, "split": "val", "sampler": sampler, "rows": rows})

@@ -115,20 +115,9 @@ class ValidationJudge:
 
     def __call__(self, path: Path) -> dict[str, float]:
         """{objective, delta_e, delta_e_tone, psnr, ...} of the checkpoint at `path`."""
-        from linebridge.evaluation.evaluate import validation_quality
-        from linebridge.inference import load_colorizer
+        from linebridge.evaluation.evaluate import study_quality
 
-        ec = self.cfg["eval"]
-        fn, _ = load_colorizer(
-            path,
-            ec["weights"],
-            ec["sample_step"],
-            ec["eta"],
-            ec["deterministic"],
-            clip_denoised=ec["clip_denoised"],
-            guidance=ec["guidance"],
-        )
-        quality = validation_quality(fn, self.data, self.cfg["seed"])
+        quality = study_quality(path, self.cfg, self.data)
         return {"objective": (quality["delta_e"] + quality["delta_e_tone"]) / 2, **quality}
 
 
