@@ -19,12 +19,13 @@ The first line is a flat fill of the tone region with the ground truth's own mea
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 import yaml
 
-from linebridge.config import load_config
+from linebridge.config import UserError, load_config
 from linebridge.evaluation import metrics as M
 from linebridge.evaluation.evaluate import load_protocol, study_colorizer
 
@@ -33,11 +34,16 @@ parser.add_argument("root", type=Path, help="a study root after `dvc repro` (out
 parser.add_argument("runs", nargs="+", help="run names under outputs/train/")
 args = parser.parse_args()
 
-data = load_protocol(args.root / "outputs" / "prepared", "cross_gt")
+choice_file = args.root / "metrics" / "sweep" / "choice.yaml"
+if not choice_file.is_file():
+    sys.exit(f"tone_gap.py: {choice_file} missing: give the root of a study after `dvc repro`")
+try:
+    data = load_protocol(args.root / "outputs" / "prepared", "cross_gt")
+except UserError as err:
+    sys.exit(f"tone_gap.py: {err}")
 gt, ref, mask, line = data["GT"], data["ref"], data["mask"], data["lineart"]
 inside = mask.reshape(len(gt), 1, -1) > 0.5
-choice = yaml.safe_load((args.root / "metrics" / "sweep" / "choice.yaml").read_text())["eval"]
-ec = {**load_config()["eval"], **choice}
+ec = {**load_config()["eval"], **yaml.safe_load(choice_file.read_text())["eval"]}
 
 
 def region_mean(images: torch.Tensor) -> torch.Tensor:
@@ -65,7 +71,10 @@ flat = torch.where(inside, region_mean(gt)[:, :, None], gt.reshape(len(gt), 3, -
 print(f"{len(gt)} test cross_gt triples; flat fill at the ground truth's own mean: tone ΔE00 {tone(flat):.2f}")
 print("run | tone ΔE00 | GT as reference | mean colour moved onto GT's | L* slope (cross_gt / GT as reference)")
 for run in args.runs:
-    fn = study_colorizer(args.root / "outputs" / "train" / run / "best.pt", ec)
+    try:
+        fn = study_colorizer(args.root / "outputs" / "train" / run / "best.pt", ec)
+    except UserError as err:
+        sys.exit(f"tone_gap.py: {err}")
     with torch.no_grad():
         cross = torch.cat([fn(line[i : i + 64], ref[i : i + 64], 0) for i in range(0, len(gt), 64)])
         oracle = torch.cat([fn(line[i : i + 64], gt[i : i + 64], 0) for i in range(0, len(gt), 64)])
