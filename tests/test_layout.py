@@ -74,5 +74,6 @@ def test_import_layers_and_no_cycles():
 def test_ruff_lint_and_format():
     ruff = str(Path(sys.executable).parent / "ruff")
     for args in (["check"], ["format", "--check"]):
-        proc = subprocess.run([ruff, *args, "src", "tests", "benchmarks"], cwd=REPO, capture_output=True, text=True)
+        paths = ["src", "tests", "benchmarks", "docs", "notebooks"]
+        proc = subprocess.run([ruff, *args, *paths], cwd=REPO, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout[-3000:]
