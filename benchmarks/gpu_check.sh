@@ -3,9 +3,10 @@
 # hundred steps, eager and under torch.compile, and report images/s and model FLOPs utilisation
 # against a bf16 matmul peak measured in the same run. Budget: under 5 minutes on an H200.
 #
-# Needs only PyTorch (plus PyYAML and tqdm): it runs from the source tree, no install, on a bare
-# GPU image. Without kornia the reference is the target itself (recorded in the JSON); to time
-# the real TPS reference too, put kornia and kornia_rs wheels in .whl/ first (see README, Speed).
+# Runs from the source tree, no install: it needs PyTorch, PyYAML and tqdm from the GPU image and
+# pydantic (the config schema) from it or from .whl/. Without kornia the reference is the target
+# itself (recorded in the JSON). `bash benchmarks/gpu_wheels.sh` fetches both into .whl/ on a
+# machine with a package index; this script installs what lies there first (README, Speed).
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        # writes OUT_DIR/gpu_check*.json (default: metrics/)
 set -euo pipefail

@@ -39,6 +39,7 @@ from linebridge.bbdm.unet import build_model, use_channels_last
 from linebridge.config import Config, load_config, repo_root
 from linebridge.data.batches import reference_for
 from linebridge.io import write_json
+from linebridge.tracking import git_commit
 
 SAMPLING_STEPS = (200, 50, 20)
 
@@ -386,6 +387,7 @@ def main(args: argparse.Namespace) -> int:
             "train_step": train_rows,
             "sampling": sample_rows,
         }
+    result["commit"] = git_commit()  # "unknown" on a copy without .git (e.g. a GPU machine)
     write_json(out, result)
     if args.gpu_check:
         for key, value in result.items():
