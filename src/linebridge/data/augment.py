@@ -2,8 +2,9 @@
 
 The training reference is the target after a thin-plate-spline warp and a colour
 jitter, so the model must find colours by meaning rather than copy them pixel for
-pixel.  Both draw from the global torch RNG: training seeds it and checkpoints its
-state, so a resumed run makes the same references, and one seed gives the same bytes.
+pixel; `jitter_pair` recolours a target and its reference source alike.  All draw from
+the global torch RNG: training seeds it and checkpoints its state, so a resumed run makes
+the same references, and one seed gives the same bytes.
 Images are in [-1, 1] here; kornia wants [0, 1], so we convert around its calls.
 """
 
@@ -38,9 +39,9 @@ def make_reference(gt: Tensor, use_tps: bool, tps_scale: float, jitter: Mapping[
     and hue (all zero or None: no jitter).
     """
     ref = warp(gt, tps_scale) if use_tps else gt
-    strengths = {key: float((jitter or {}).get(key, 0.0)) for key in JITTER_KEYS}
-    if any(strengths.values()):
-        ref = _from01(KA.ColorJiggle(**strengths, p=1.0)(_to01(ref)))
+    jiggle = _color_jiggle(jitter)
+    if jiggle is not None:
+        ref = _from01(jiggle(_to01(ref)))
     return ref.clamp(-1.0, 1.0)
 
 
@@ -49,10 +50,19 @@ def jitter_pair(target: Tensor, source: Tensor, jitter: Mapping[str, float]) -> 
 
     With the target recoloured like its reference, the line art no longer tells the colours:
     the reference is the only place to read them from, which is what transfer needs.
+    All strengths zero: both returned unchanged, with no draw.
     """
-    jiggle = KA.ColorJiggle(**{key: float(jitter.get(key, 0.0)) for key in JITTER_KEYS}, p=1.0)
-    out = jiggle(_to01(target))
-    return _from01(out), _from01(jiggle(_to01(source), params=jiggle._params))
+    jiggle = _color_jiggle(jitter)
+    if jiggle is None:
+        return target, source
+    params = jiggle.forward_parameters(target.shape)
+    return _from01(jiggle(_to01(target), params=params)), _from01(jiggle(_to01(source), params=params))
+
+
+def _color_jiggle(jitter: Mapping[str, float] | None) -> KA.ColorJiggle | None:
+    """kornia's ColorJiggle at the `jitter` strengths (missing keys 0), always applied; None if all are 0."""
+    strengths = {key: float((jitter or {}).get(key, 0.0)) for key in JITTER_KEYS}
+    return KA.ColorJiggle(**strengths, p=1.0) if any(strengths.values()) else None
 
 
 def _to01(x: Tensor) -> Tensor:

@@ -21,7 +21,7 @@ import io
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -44,6 +44,9 @@ from linebridge.evaluation import metrics as M
 from linebridge.evaluation.stats import bootstrap_ci
 from linebridge.io import save_with, write_atomic, write_json
 from linebridge.runs import save_sample_grid
+
+if TYPE_CHECKING:
+    from linebridge.inference import Colorizer
 
 TRIVIAL = ("copy-lineart", "copy-reference", "reference-with-lines")
 PSNR_CAP = 60.0  # dB: an output identical to its ground truth (e.g. copy-lineart on a black symbol) would be +inf
@@ -227,7 +230,7 @@ def validation_quality(fn, data: dict[str, dict[str, Any]], seed: int) -> dict[s
     return values
 
 
-def study_colorizer(path: Path, ec: dict[str, Any]):
+def study_colorizer(path: Path, ec: dict[str, Any]) -> Colorizer:
     """The colorizer of the checkpoint at `path` under the sampler of eval section `ec` (the sweep's choice)."""
     from linebridge.inference import load_colorizer
 
