@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test tune demo clean-venv
+.PHONY: setup repro test tune objectives demo clean-venv
 
 setup: $(STAMP)
 
@@ -27,6 +27,9 @@ test: $(STAMP)
 
 tune: $(STAMP)  # the Optuna study: not a DVC stage (it outlasts the study's budget); commit what it writes
 	$(BIN)/linebridge tune
+
+objectives: $(STAMP)  # grad / noise / ysubx at equal budget (~25 min): not a DVC stage; commit what it writes
+	$(BIN)/linebridge objectives
 
 demo: $(STAMP)  # setup installs the demo extra; e.g. make demo DEMO_ARGS='--port 8000'
 	$(BIN)/linebridge demo $(DEMO_ARGS)
