@@ -35,6 +35,7 @@ def study(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     shutil.copytree(REPO / "tuned", root / "tuned")
     (root / "metrics").mkdir()
     shutil.copy(REPO / "metrics" / "tune.json", root / "metrics" / "tune.json")  # `make tune`'s committed result
+    shutil.copy(REPO / "metrics" / "objectives.json", root / "metrics" / "objectives.json")  # `make objectives`'
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = (REPO / "params.yaml").read_text().replace("\nprofile: default", "\nprofile: tiny", 1)
     for key, value in TINY_STUDY.items():  # fewer runs: the same stages, each matrix with fewer items
