@@ -883,7 +883,7 @@ def objectives_section(root: Path) -> list[str]:
         o, n = m["objective"], m["sample_step"]
         lines.append(
             f"| {o} | {n} | {m['psnr']:.2f} ({per_seed(o, n, 'psnr', '.2f')}) | {m['ssim']:.3f} | "
-            f"{m['delta_e']:.2f} | {m['tint_rate']:.1%} | {m['delta_e_tone']:.2f} "
+            f"{m['delta_e']:.2f} | {100 * m['tint_rate']:.1f} % | {m['delta_e_tone']:.2f} "
             f"({per_seed(o, n, 'delta_e_tone', '.2f')}) | {m['train_seconds'] / 60:.1f} |"
         )
     return lines + [
