@@ -28,7 +28,7 @@ test: $(STAMP)
 tune: $(STAMP)  # the Optuna study: not a DVC stage (it outlasts the study's budget); commit what it writes
 	$(BIN)/linebridge tune
 
-objectives: $(STAMP)  # grad / noise / ysubx at equal budget (~25 min): not a DVC stage; commit what it writes
+objectives: $(STAMP)  # grad / noise / ysubx at equal budget (~20 min): not a DVC stage; commit what it writes
 	$(BIN)/linebridge objectives
 
 demo: $(STAMP)  # setup installs the demo extra; e.g. make demo DEMO_ARGS='--port 8000'

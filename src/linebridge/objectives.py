@@ -8,7 +8,7 @@ ysubx, but multiplied by √δ_t / (1 − m_t) for noise: ~45× at the first sam
 
 This side study trains the study's full method (A3, with the tuned values where the study uses
 them) once per objective and seed, everything else equal, and scores each checkpoint on the
-validation split at the study's sampler and at more steps. It costs ~25 minutes on the CPU profile,
+validation split at the study's sampler and at more steps. It costs ~20 minutes on the CPU profile,
 beyond the study's budget, so it is no DVC stage: `make objectives` writes metrics/objectives.json
 (with the commit and the recipe), which the report stage reads. A killed run resumes: each training
 continues from its last epoch, and a finished one is reloaded rather than trained again.

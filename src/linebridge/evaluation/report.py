@@ -852,7 +852,7 @@ def objectives_section(root: Path) -> list[str]:
     """grad / noise / ysubx at equal budget (`make objectives`, not a stage): validation, mean and per seed."""
     s = read_json(root / "metrics" / "objectives.json")
     if s is None:
-        return ["Not run (`make objectives`, ~25 minutes): no `metrics/objectives.json`."]
+        return ["Not run (`make objectives`, ~20 minutes): no `metrics/objectives.json`."]
     seeds = sorted({r["seed"] for r in s["runs"]})
     items = ", ".join(f"{p} {n}" for p, n in s["validation_items"].items())
     sampler = s["sampler"]
