@@ -1,6 +1,6 @@
 """Our U-Net against BBDM's own (xuekt98/BBDM's `UNetModel`) at matched shapes: time per step and where it goes.
 
-    python benchmarks/bbdm_unet_compare.py --bbdm PATH/TO/BBDM [--out metrics/bbdm_unet_compare.json]
+    python benchmarks/bbdm_unet_compare.py --bbdm PATH/TO/BBDM [--batch 8] [--out metrics/bbdm_unet_compare_b8.json]
 
 PATH/TO/BBDM is a checkout of https://github.com/xuekt98/BBDM (not vendored here); its
 U-Net imports einops and omegaconf, so install them where this runs (e.g. `pip install
