@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from linebridge.bbdm.unet import build_model
+from linebridge.bbdm.unet import build_model, count_parameters
 from linebridge.bench import interleaved_medians, matmul_peak
 from linebridge.config import load_config
 from linebridge.tracking import git_commit
@@ -137,7 +137,7 @@ def main() -> int:
     for name, net in nets.items():
         f = flops(calls[name])
         result["nets"][name] = {
-            "params": sum(p.numel() for p in net.parameters()),
+            "params": count_parameters(net),
             "s_per_step": medians[name],
             "gflop_per_step_fwd_bwd": f / 1e9,
             "of_peak": f / medians[name] / 1e9 / peak,
