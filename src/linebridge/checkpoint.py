@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from linebridge.config import UserError
 from linebridge.io import atomic_path
 
 BBDM_KIND = "linebridge-bbdm"
 GAN_KIND = "linebridge-gan"  # Pix2Pix / SCFT baselines (baselines/gan.py)
+
+# What a loaded model of any family is: fn(lineart, ref or None, seed) -> colour, all in [-1, 1].
+Colorizer = Callable[[Tensor, "Tensor | None", int], Tensor]
 
 
 class CheckpointError(UserError):

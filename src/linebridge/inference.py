@@ -8,7 +8,6 @@ baselines their generator.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,9 +15,10 @@ from torch import Tensor
 
 from linebridge import checkpoint
 from linebridge.bbdm.bridge import StepCallback
+from linebridge.checkpoint import Colorizer
 from linebridge.config import Config, UserError
 
-Colorizer = Callable[[Tensor, "Tensor | None", int], Tensor]
+__all__ = ["Colorizer", "load_colorizer"]
 
 
 def sampler_eta(cfg: Config) -> float:

@@ -11,7 +11,6 @@ resized back to data.image_size. See docs/deviations.md.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from linebridge.checkpoint import Colorizer
 from linebridge.config import Config, UserError, repo_root
 
-Colorizer = Callable[[Tensor, "Tensor | None", int], Tensor]
 SD_DIR, CONTROLNET_DIR = "stable-diffusion", "controlnet"  # inside baselines.controlnet.weights_dir
 
 

@@ -32,7 +32,6 @@ from linebridge.pretrained import Unavailable
 from linebridge.runs import EpochCallback, NanWatch, Paths, TrainingRun, limited, save_sample_grid
 
 FAMILIES = ("pix2pix", "scft")
-Colorizer = Callable[[Tensor, "Tensor | None", int], Tensor]
 INFER_BATCH = 64
 
 
@@ -305,7 +304,7 @@ def train_gan(
     return run.finish(summary, len(train_set))
 
 
-def colorizer_from_state(state: dict[str, Any], device: torch.device | str) -> Colorizer:
+def colorizer_from_state(state: dict[str, Any], device: torch.device | str) -> checkpoint.Colorizer:
     """`fn(lineart, ref, seed) -> colour in [-1, 1]` from a GAN checkpoint (best.pt or last.pt).
 
     GANs keep no EMA; the generator runs in eval mode (no dropout, running BatchNorm
