@@ -9,6 +9,9 @@
 # machine with a package index; this script installs what lies there first (README, Speed).
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        # writes OUT_DIR/gpu_check*.json (default: metrics/)
+#
+# On a copy without .git, pass the commit the copy was made from, so the JSONs record it:
+#   LINEBRIDGE_COMMIT=<sha> bash benchmarks/gpu_check.sh
 set -euo pipefail
 out="${1:-${OUT:-metrics}}"
 mkdir -p "$out"

@@ -131,3 +131,14 @@ def test_cpu_bench_writes_before_and_after_rows(tmp_path, monkeypatch, study_roo
     }
     assert all(r["gflop_per_step"] > 0 and 0 < r["fraction_of_matmul_peak"] for r in result["train_step"])
     assert all(r["speedup_vs_200"] == 1.0 for r in result["sampling"] if r["steps"] == 200)
+
+
+def test_commit_on_a_copy_without_git(tmp_path, monkeypatch):
+    """A GPU machine gets the tree without .git: results record $LINEBRIDGE_COMMIT, else 'unknown'."""
+    from linebridge.tracking import git_commit
+
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # git must not find a repo above tmp_path
+    monkeypatch.delenv("LINEBRIDGE_COMMIT", raising=False)
+    assert git_commit(tmp_path) == "unknown"
+    monkeypatch.setenv("LINEBRIDGE_COMMIT", "0123abc")
+    assert git_commit(tmp_path) == "0123abc"

@@ -387,7 +387,7 @@ def main(args: argparse.Namespace) -> int:
             "train_step": train_rows,
             "sampling": sample_rows,
         }
-    result["commit"] = git_commit()  # "unknown" on a copy without .git (e.g. a GPU machine)
+    result["commit"] = git_commit()  # on a copy without .git (a GPU machine): $LINEBRIDGE_COMMIT or "unknown"
     write_json(out, result)
     if args.gpu_check:
         for key, value in result.items():

@@ -20,10 +20,12 @@ def tracking_uri() -> str:
 
 
 def git_commit(root: Path | None = None, short: bool = False) -> str:
-    """The commit the code runs at, or 'unknown'.
+    """The commit the code runs at; else $LINEBRIDGE_COMMIT, else 'unknown'.
 
-    Full form: the sha with '-dirty' when tracked files changed (MLflow tags). Short form:
-    the abbreviated sha alone, for the report, which `dvc repro` writes while the stages'
+    The variable serves copies of the tree without .git (a GPU machine gets the working tree
+    only): `LINEBRIDGE_COMMIT=$(git rev-parse HEAD)` where the copy is made. Full form: the
+    sha with '-dirty' when tracked files changed (MLflow tags). Short form: the abbreviated
+    sha alone, for the report, which `dvc repro` writes while the stages'
     outputs are still uncommitted.
     """
     root = root or repo_root()
@@ -40,7 +42,7 @@ def git_commit(root: Path | None = None, short: bool = False) -> str:
         ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("LINEBRIDGE_COMMIT", "unknown")
 
 
 def start_run(
