@@ -41,6 +41,7 @@ from linebridge.data.openmoji import (
     render_lineart,
     skin_tone,
     strip_skin_tones,
+    tone_regions,
 )
 from linebridge.data.prepare import Emoji, _pairs, catalogue, prepare, protocol_seeds, tone_masks, warp_all
 
@@ -114,6 +115,7 @@ def test_hexcode_parsing():
     assert group_key("1F48F-1F3FB") == group_key("1F469-1F3FB-200D-2764-FE0F-200D-1F48B-200D-1F468-1F3FC")
     assert skin_tone("1F469-1F3FB-200D-2764-FE0F-200D-1F48B-200D-1F468-1F3FC") == "1F3FB-1F3FC"
     assert skin_tone("1F600") == "" and hair_variant("1F600") == "" and group_key("1F600") == "1F600"
+    assert group_key("1F3FD") == "1F3FD"  # a bare modifier is a colour swatch, not a nameless group
 
 
 def test_fetch_copies_package_svgs_byte_for_byte(raw_dir):
@@ -176,6 +178,7 @@ def test_splits_have_no_group_leakage(study, raw_dir):
     root, cfg, _ = study
     everything = catalogue(raw_dir, config(root, "data.limit_groups=0"))
     assert len(everything) == 4495
+    assert all(e.group for e in everything)  # the skin-tone swatches once formed a group named ""
     split_by_group: dict[str, set[str]] = {}
     for e in everything:
         split_by_group.setdefault(e.group, set()).add(e.split)
@@ -300,6 +303,27 @@ def test_test_protocols_come_from_the_test_split_alone(study):
                 assert np.array_equal(mask, masks[item.id])
     assert protocol_seeds(seed, "test", 1)[1] == seed * len(PROTOCOLS) + 1
     assert protocol_seeds(seed, "val", 1)[1] != protocol_seeds(seed, "test", 1)[1]
+    # training's tone regions (loss.tone_weight) follow the same rule as these masks
+    regions = PreparedOpenMoji(out, "test").tone_regions()
+    by_id = {e.id: i for i, e in enumerate(test)}
+    assert masks and all(np.array_equal(regions[by_id[k], 0].numpy() * 255, m) for k, m in masks.items())
+    assert all(regions[by_id[e.id]].sum() == 0 for e in test if e.tone is None)
+
+
+def test_tone_regions_are_where_the_tone_variants_differ():
+    ids = ["1F44B-1F3FB", "1F44B-1F3FF", "1F44B", "1F600", "1F600-1F3FB"]
+    tones = ["1F3FB", "1F3FF", None, None, "1F3FB"]
+    colour = np.full((5, 4, 4, 3), 255, np.uint8)
+    colour[0, 1:3, 1:3] = (250, 220, 188)
+    colour[1, 1:3, 1:3] = (106, 78, 53)
+    colour[1, 0, 0, 2] = 254  # one channel of one pixel is enough
+    colour[2, :, :] = 0  # the yellow default has no tone: not part of the family
+    regions = tone_regions(ids, tones, colour)
+    want = np.zeros((4, 4), bool)
+    want[1:3, 1:3] = want[0, 0] = True
+    assert sorted(regions) == [0, 1, 4]
+    assert np.array_equal(regions[0], want) and np.array_equal(regions[1], want)
+    assert not regions[4].any()  # a family of one: nothing differs
 
 
 def test_tps_warp_moves_pixels_but_keeps_colours():

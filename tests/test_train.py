@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from linebridge import checkpoint
-from linebridge.bbdm.train import train
+from linebridge.bbdm.losses import region_weighted_l1
+from linebridge.bbdm.train import train, training_timesteps
 from linebridge.cli import main as cli_main
 from linebridge.config import load_config
 from linebridge.runs import Paths, TrainingDiverged
@@ -49,6 +51,32 @@ def test_same_seed_same_checkpoint_bytes(in_study, reference_run, tmp_path, sha)
 def test_other_seed_differs(in_study, reference_run, tmp_path, sha):
     assert run_train(tmp_path / "seed1", "--set", "seed=1") == 0
     assert sha(tmp_path / "seed1" / "last.pt") != sha(reference_run / "last.pt")
+
+
+def test_recipe_options_train_deterministically(in_study, reference_run, tmp_path, sha):
+    """Same-tone references, the tone-region weight and high-t draws: a run that replays byte for byte."""
+    recipe = ["--set", "augment.reference_source=same_tone", "--set", "loss.tone_weight=5"]
+    recipe += ["--set", "train.t_high_share=0.5"]
+    assert run_train(tmp_path / "a", *recipe) == 0 and run_train(tmp_path / "b", *recipe) == 0
+    assert sha(tmp_path / "a" / "last.pt") == sha(tmp_path / "b" / "last.pt")
+    assert sha(tmp_path / "a" / "last.pt") != sha(reference_run / "last.pt")
+
+
+def test_region_weighted_l1_counts_the_region_weight_times():
+    pred, target = torch.zeros(1, 3, 2, 2), torch.ones(1, 3, 2, 2)
+    region = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    assert region_weighted_l1(pred, target, region, 5.0).item() == pytest.approx((5 + 1 + 1 + 1) / 4)
+    assert region_weighted_l1(pred, target, region, 1.0).item() == F.l1_loss(pred, target).item()
+
+
+def test_training_timesteps_uniform_or_weighted_to_the_line_art_end():
+    torch.manual_seed(0)
+    plain = torch.randint(0, 1000, (64,))
+    torch.manual_seed(0)
+    assert torch.equal(training_timesteps(64, 1000, 0.0), plain)  # share 0: the uniform stream, unchanged
+    t = training_timesteps(40000, 1000, 0.5)
+    assert 0 <= t.min() and t.max() <= 999
+    assert (t >= 900).float().mean().item() == pytest.approx(0.5 + 0.5 * 0.1, abs=0.01)
 
 
 def test_kill9_then_resume_gives_same_weights(in_study, reference_run, tmp_path, same_state):

@@ -90,6 +90,7 @@ class Model(Section):
 class Loss(Section):
     lambda_edge: NonNegFloat
     edge_weight: NonNegFloat
+    tone_weight: NonNegFloat
     edge_threshold: Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False)]
     edge_target: Literal["objective", "reconstruction"]
     lambda_lpips: NonNegFloat
@@ -114,6 +115,7 @@ class Train(Section):
     max_train_images: NonNegInt
     max_val_images: NonNegInt
     keep_epochs: bool
+    t_high_share: Fraction
 
 
 class Perf(Section):

@@ -1,6 +1,7 @@
 """Training losses: L_total = L_diff + λ_edge·L_edge + λ_lpips·L_lpips.
 
-The edge term weights line pixels more, so lines stay crisp; the optional LPIPS term
+L_diff may weight the skin-tone region more (loss.tone_weight). The edge term weights
+line pixels more, so lines stay crisp; the optional LPIPS term
 compares the reconstructed colour image with the target perceptually (VGG trunk, the
 usual choice for a training loss; its weights must be in the local cache).
 """
@@ -20,12 +21,16 @@ def edge_mask(lineart: Tensor, threshold: float = 0.5) -> Tensor:
     return F.max_pool2d((lineart < threshold).float(), kernel_size=3, stride=1, padding=1)
 
 
+def region_weighted_l1(pred: Tensor, target: Tensor, region: Tensor, weight: float) -> Tensor:
+    """Per-pixel L1 weighted by 1 + (weight − 1)·region, so the region's pixels count `weight` times."""
+    return ((1.0 + (weight - 1.0) * region) * (pred - target).abs()).mean()
+
+
 def edge_weighted_l1(
     pred: Tensor, target: Tensor, lineart: Tensor, edge_weight: float = 2.0, threshold: float = 0.5
 ) -> Tensor:
-    """Per-pixel L1 weighted by 1 + (edge_weight − 1)·mask, so lines count edge_weight times."""
-    weight = 1.0 + (edge_weight - 1.0) * edge_mask(lineart, threshold)
-    return (weight * (pred - target).abs()).mean()
+    """L1 in which lines (`edge_mask`) count edge_weight times."""
+    return region_weighted_l1(pred, target, edge_mask(lineart, threshold), edge_weight)
 
 
 def lpips_loss(pred: Tensor, target: Tensor) -> Tensor:

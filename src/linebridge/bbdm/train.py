@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from linebridge import checkpoint, distributed
 from linebridge.bbdm.bridge import BrownianBridge
-from linebridge.bbdm.losses import LPIPS_LOSS_NET, edge_weighted_l1, lpips_loss
+from linebridge.bbdm.losses import LPIPS_LOSS_NET, edge_weighted_l1, lpips_loss, region_weighted_l1
 from linebridge.bbdm.sampling import build_bridge, colorize
 from linebridge.bbdm.unet import build_model, use_channels_last
 from linebridge.config import Config, UserError
@@ -34,6 +34,7 @@ from linebridge.data.batches import (
     drop_references,
     reference_for,
     shared_jitter,
+    tone_regions,
     validation_rng,
 )
 from linebridge.pretrained import load_lpips
@@ -113,6 +114,22 @@ def train_step(
     return loss.detach()
 
 
+def training_timesteps(n: int, T: int, high_share: float) -> Tensor:
+    """Training timesteps: uniform, except a `high_share` of them drawn from the top tenth (t ≥ 0.9·T).
+
+    Near T the bridge state is the line art plus noise, so the prediction there is where the
+    colours, and the reference's part in them, are decided: a few-step sampler starts at T − 1
+    (the 2-step one makes its picture there), while uniform draws give that end a tenth of
+    the steps (train.t_high_share). The draws use the global RNG; at share 0 the stream is
+    the plain uniform one.
+    """
+    t = torch.randint(0, T, (n,))
+    if high_share <= 0:
+        return t
+    high = T - 1 - torch.randint(0, max(1, T // 10), (n,))
+    return torch.where(torch.rand(n) < high_share, high, t)
+
+
 def diffusion_loss(
     net: nn.Module, bridge: BrownianBridge, batch: dict[str, Tensor], ref: Tensor, cfg: Config, t: Tensor, noise: Tensor
 ) -> tuple[Tensor, dict[str, float]]:
@@ -121,7 +138,10 @@ def diffusion_loss(
     source = line.expand(-1, 3, -1, -1)
     x_t, objective = bridge.q_sample(target, source, t, noise)
     out = net(x_t, t, line, ref).float()
-    loss_diff = F.l1_loss(out, objective)
+    if "tone" in batch:  # training with loss.tone_weight; validation stays plain L1, comparable across recipes
+        loss_diff = region_weighted_l1(out, objective, batch["tone"], cfg["loss"]["tone_weight"])
+    else:
+        loss_diff = F.l1_loss(out, objective)
     loss = loss_diff
     parts = {"loss_diff": loss_diff.detach()}
     lc = cfg["loss"]
@@ -219,6 +239,7 @@ def train(
     sched = make_scheduler(opt, cfg, len(batches(train_set, tc["batch_size"], cfg["seed"], 0)))
     ema = EMA(net, tc["ema_rate"], tc["ema_start"])
     donors = SameToneDonors(train_set) if cfg["augment"]["reference_source"] == "same_tone" else None
+    regions = tone_regions(train_set) if cfg["loss"]["tone_weight"] != 1.0 else None
 
     def restore(state: dict[str, Any]) -> None:
         net.load_state_dict(state["model"])
@@ -240,10 +261,12 @@ def train(
             bar = run.progress(epoch_batches, progress)
             for i, idx in enumerate(bar):
                 batch = collate(train_set, idx, device)
+                if regions is not None:
+                    batch["tone"] = regions[idx].to(device)
                 source = batch["GT"] if donors is None else collate(train_set, donors.pick(idx), device)["GT"]
                 batch["GT"], source = shared_jitter(batch["GT"], source, cfg)
                 ref = drop_references(reference_for(source, cfg), cfg["augment"]["reference_dropout"])
-                t = torch.randint(0, bridge.num_timesteps, (len(idx),)).to(device)
+                t = training_timesteps(len(idx), bridge.num_timesteps, tc["t_high_share"]).to(device)
                 noise = torch.randn(batch["GT"].shape).to(device)
                 mine = ddp.my_slice(len(idx))  # the whole slice in a single process
                 loss = train_step(

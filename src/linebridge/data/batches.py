@@ -5,7 +5,8 @@ timesteps, noise and references under a fixed seed, so runs, resumes and loss cu
 comparable. `reference_for` is the training reference: the target, TPS-warped and
 colour-jittered (`data.augment`); `SameToneDonors` swaps the target for another drawing
 in the same skin tone (augment.reference_source = same_tone); `drop_references` blanks a
-share of them (augment.reference_dropout) for reference guidance.
+share of them (augment.reference_dropout) for reference guidance. `tone_regions` marks the
+pixels that loss.tone_weight counts more.
 """
 
 from __future__ import annotations
@@ -98,13 +99,12 @@ class SameToneDonors:
     """
 
     def __init__(self, dataset) -> None:
-        base, index = (dataset.dataset, list(dataset.indices)) if hasattr(dataset, "indices") else (dataset, None)
+        base, index = _split_and_index(dataset)
         if not hasattr(base, "tones"):
             raise UserError(
                 "augment.reference_source=same_tone needs skin tones, which only the prepared OpenMoji data has; "
                 "use reference_source=self with data.dataset folder or pairs"
             )
-        index = index if index is not None else list(range(len(base)))
         self.tones = [base.tones[i] for i in index]
         self.groups = [base.groups[i] for i in index]
         self.by_tone: dict[str, list[int]] = defaultdict(list)
@@ -120,3 +120,22 @@ class SameToneDonors:
             candidates = [j for j in self.by_tone.get(tone, ()) if self.groups[j] != self.groups[i]] if tone else []
             out.append(candidates[int(torch.randint(len(candidates), ()))] if candidates else i)
         return out
+
+
+def tone_regions(dataset) -> Tensor | None:
+    """[N,1,H,W] 0/1 per item of `dataset` (the prepared OpenMoji, or the first N of it): its skin-tone region.
+
+    loss.tone_weight counts these pixels more: only there does the target depend on the
+    reference alone (the line art is the same for every tone), so only there is the lesson
+    "read the colour from the reference". None for data without skin tones (folder, pairs):
+    the loss is then plain L1.
+    """
+    base, index = _split_and_index(dataset)
+    return base.tone_regions()[index] if hasattr(base, "tones") else None
+
+
+def _split_and_index(dataset):
+    """The dataset under `dataset` (a Subset from train.max_*_images, or itself) and the indices into it."""
+    if hasattr(dataset, "indices"):
+        return dataset.dataset, list(dataset.indices)
+    return dataset, list(range(len(dataset)))

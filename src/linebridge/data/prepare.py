@@ -50,7 +50,7 @@ from linebridge.data.openmoji import (
     replace_dir,
     skin_tone,
     staging_dir,
-    strip_skin_tones,
+    tone_regions,
 )
 from linebridge.data.splits import (
     PROTOCOL_SPLITS,
@@ -156,21 +156,11 @@ def _pairs(test: list[Emoji], rng: np.random.Generator, same_tone: bool) -> list
 
 
 def tone_masks(test: list[Emoji], colour: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """For each single-tone emoji of `test` (one split): pixels where its skin-tone variants differ (uint8 0/255).
-
-    Variants share one line drawing and differ only there, so this is the skin (and any
-    tone-dependent hair): the region where ΔE shows whether the reference's tone arrived.
-    """
-    families: dict[str, list[str]] = defaultdict(list)
-    for e in test:
-        if e.tone is not None:
-            families[strip_skin_tones(e.id)].append(e.id)
-    masks = {}
-    for members in families.values():
-        stack = np.stack([colour[i] for i in members]).astype(np.int16)
-        mask = ((stack.max(0) - stack.min(0)).max(-1) > 0).astype(np.uint8) * 255
-        masks.update({i: mask for i in members})
-    return masks
+    """For each single-tone emoji of `test` (one split): its tone region (`tone_regions`) as uint8 0/255."""
+    if not test:
+        return {}
+    regions = tone_regions([e.id for e in test], [e.tone for e in test], np.stack([colour[e.id] for e in test]))
+    return {test[i].id: mask.astype(np.uint8) * 255 for i, mask in regions.items()}
 
 
 def protocol_seeds(seed: int, split: str, index: int) -> tuple[np.random.Generator, int]:
