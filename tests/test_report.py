@@ -246,3 +246,17 @@ def test_without_prepared_data_the_contrasts_are_not_run_and_the_null_control_fa
     assert "| A3 − A0 | cross_gt ΔE00 tone↓ | not run: the item groups are unknown:" in text
     assert len(errors) == 1 and "cannot run" in errors[0]
     assert "**Data**: not run" in text
+
+
+def test_a_tune_from_another_configuration_is_flagged(tree):
+    """`make tune` is not a stage: when its sampler is not the study's choice, the report says so."""
+    (tree / "metrics" / "sweep").mkdir(parents=True, exist_ok=True)
+    chosen = {"sample_step": 2, "eta": 1.0, "deterministic": True, "weights": "ema"}
+    (tree / "metrics" / "sweep" / "choice.yaml").write_text(yaml.safe_dump({"eval": chosen}))
+    tune = {"objective": "judge", "sampler": dict(chosen), "counts": {"COMPLETE": 2}, "best_trial": 1}
+    tune |= {"best_value": 1.0, "best_params": {"loss.lambda_edge": 1.0}}
+    (tree / "metrics" / "tune.json").write_text(json.dumps(tune))
+    assert not any("earlier configuration" in line for line in report.tune_section(tree))
+    tune["sampler"]["deterministic"], tune["commit"] = False, "0123abc"
+    (tree / "metrics" / "tune.json").write_text(json.dumps(tune))
+    assert any("tuned an earlier configuration" in line and "0123abc" in line for line in report.tune_section(tree))

@@ -823,6 +823,13 @@ def tune_section(root: Path) -> list[str]:
         f"- best trial {s['best_trial']}: objective {s['best_value']:.3f} at "
         + ", ".join(f"`{k}` = {v:.3g}" for k, v in s["best_params"].items()),
     ]
+    choice = root / "metrics" / "sweep" / "choice.yaml"
+    chosen = read_yaml(choice)["eval"] if choice.exists() else None
+    if chosen is not None and s.get("sampler") not in (None, chosen):
+        lines.append(
+            f"- **tuned an earlier configuration**: its sampler is not this study's choice ({chosen}); commit "
+            f"{s.get('commit', 'not recorded')}. `make tune` reruns it on the current one"
+        )
     if s.get("importances"):
         shares = ", ".join(f"`{k}` {v:.2f}" for k, v in s["importances"].items())
         lines.append(f"- importances (fANOVA, seeded): {shares}")

@@ -52,6 +52,7 @@ from linebridge.config import (
     tuned_overrides,
 )
 from linebridge.io import save_with, write_atomic, write_json
+from linebridge.tracking import git_commit
 from linebridge.tuning.objective import (
     EXPERIMENT,
     Setup,
@@ -322,6 +323,7 @@ def main(args: argparse.Namespace) -> int:
         summary = study_summary(storage, setup.study_name)
         summary["objective"] = "mean of validation self ΔE00 and cross_gt tone ΔE00 at the study's sampler (last epoch)"
         summary["sampler"] = {k: cfg["eval"][k] for k in ("sample_step", "eta", "deterministic", "weights")}
+        summary["commit"] = git_commit()
         summary["trial_budget"] = {k: tune[k] for k in ("epochs", "max_train_images")}
         if summary["best_trial"] is not None and n_finished(study) >= tune["trials"]:
             summary["confirm"] = confirm(full, summary["best_params"], tune, paths, ValidationJudge(cfg))
