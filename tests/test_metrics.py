@@ -292,6 +292,18 @@ def test_swd_levels_identity_and_difference():
     assert set(metrics.swd(images(2, 16), images(2, 16, seed=1))) == {"16px", "mean"}
 
 
+def test_sliced_wasserstein_in_one_dimension_is_scipys_wasserstein_distance():
+    """On 1-D descriptors every direction is ±1, so the sliced distance is the plain 1-D Wasserstein-1."""
+    from scipy.stats import wasserstein_distance
+
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(0, 1, 300).astype(np.float32), rng.gamma(2.0, 1.0, 300).astype(np.float32)
+    got = metrics._sliced_wasserstein(
+        torch.from_numpy(a)[:, None], torch.from_numpy(b)[:, None], 256, torch.Generator().manual_seed(0)
+    )
+    assert got == pytest.approx(wasserstein_distance(a, b), rel=1e-5)
+
+
 def test_swd_ignores_a_global_per_channel_affine_change():
     """ProGAN normalises each set by its own channel statistics: a global tint/contrast change is invisible."""
     real = images(8, 32, seed=17) * 0.5

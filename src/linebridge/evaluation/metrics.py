@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import kornia
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -377,8 +378,9 @@ def _sliced_wasserstein(a: Tensor, b: Tensor, projections: int, generator: torch
     for chunk in range(0, projections, 128):  # ProGAN's 4 repeats × 128 directions; bounds memory
         directions = torch.randn(a.shape[1], min(128, projections - chunk), generator=generator, dtype=a.dtype)
         directions = directions / directions.norm(dim=0, keepdim=True)
-        # projections as rows [directions, count]: sorting along the contiguous axis is ~3× faster
-        pa, pb = (directions.T @ a.T).sort(dim=1).values, (directions.T @ b.T).sort(dim=1).values
+        # projections as rows [directions, count], sorted along the contiguous axis by NumPy: its SIMD sort is ~14×
+        # faster than torch.sort on the 2-core study machine (~4.5 s less per evaluation) and gives the same values
+        pa, pb = (torch.from_numpy(np.sort((directions.T @ x.T).numpy(), axis=1)) for x in (a, b))
         total += (pa - pb).abs().mean(dim=1).sum().item()
     return total / projections
 
