@@ -67,7 +67,8 @@ def study(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 
 def test_report_has_every_row_and_column(study):
-    from linebridge.evaluation.report import PROTOCOL_TITLES, arm_runs
+    from linebridge.evaluation.report.study import arm_runs
+    from linebridge.evaluation.report.tables import PROTOCOL_TITLES
 
     root, _ = study
     params = yaml.safe_load((root / "params.yaml").read_text())

@@ -5,14 +5,24 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from linebridge.evaluation import report
+from linebridge.config import ConfigError, run_name
+from linebridge.evaluation.report import assemble, fmt
+from linebridge.evaluation.report.assemble import HEADLINE_END, HEADLINE_START, build_report, headline_block, main
+from linebridge.evaluation.report.contrasts import primary_contrasts, question_line
+from linebridge.evaluation.report.side import tune_section
+from linebridge.evaluation.report.study import arm_runs, arm_seeds, load_study
+from linebridge.evaluation.report.targets import target_rows, targets_section
+from linebridge.evaluation.report.training import convergence_section, convergence_value
 from linebridge.evaluation.stats import format_p, holm, seed_group_contrast
+
+REPO = Path(__file__).resolve().parents[1]
 
 GROUPS = [f"g{g:02d}" for g in range(12) for _ in range(3)]  # 12 drawings, 3 variants each
 IDS = [f"{g}-{k}" for g, k in zip(GROUPS, [0, 1, 2] * 12)]  # already in sorted order
@@ -38,6 +48,14 @@ STUDY = {
     "null_control": {"a": "A3", "b": "A3r", "metric": "cross_gt.delta_e_tone"},
     "alpha": 0.05,
     "convergence_gain": 0.02,
+    "method": "A3",
+    "reference_arm": "A0",
+    "targets": [
+        {"metric": "self.psnr", "op": ">=", "value": 23},
+        {"metric": "cross_gt.delta_e_tone", "op": "<=", "value": 12},
+        {"metric": "cross_gt.delta_e_tone", "op": "<=", "value": 0.7, "of": "A0"},
+        {"metric": "cross_gt.delta_e_tone", "op": "<", "value": 1, "of": "pix2pix"},
+    ],
 }
 SHIFT = {"A0": 10.0, "A3": -3.0, "A4": -2.9, "A3r": -3.0, "A3old": -1.0, "pix2pix": 1.0, "copy-lineart": 5.0}
 
@@ -79,9 +97,9 @@ def tree(study_root: Path) -> Path:
     params = yaml.safe_load((study_root / "params.yaml").read_text())
     params["study"] = STUDY
     (study_root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for arm, seeds in report.arm_seeds(STUDY).items():
+    for arm, seeds in arm_seeds(STUDY).items():
         for seed in seeds:
-            write_eval(study_root, report.run_name(arm, seed), run_values(arm, seed))
+            write_eval(study_root, run_name(arm, seed), run_values(arm, seed))
     for name in STUDY["baselines"] + STUDY["trivial"]:
         write_eval(study_root, name, run_values(name, 0))
     return study_root
@@ -93,7 +111,7 @@ def matrix(arm: str, seeds: list[int], spec: str) -> np.ndarray:
 
 
 def test_contrast_numbers_equal_a_direct_seed_group_contrast(tree):
-    rows = report.primary_contrasts(tree, STUDY, lookup)
+    rows = primary_contrasts(tree, STUDY, lookup)
     for row, spec in zip(rows, STUDY["contrasts"]):
         expected = seed_group_contrast(
             matrix(spec["a"], [0, 1, 2], spec["metric"]), matrix(spec["b"], [0, 1, 2], spec["metric"]), GROUPS
@@ -103,17 +121,17 @@ def test_contrast_numbers_equal_a_direct_seed_group_contrast(tree):
             assert got[key] == pytest.approx(expected[key]), key
         assert got["seed_effects"] == pytest.approx(expected["seed_effects"])
         assert (got["n_seeds"], got["n_images"], got["n_groups"]) == (3, 36, 12)
-    text, errors = report.build_report(tree, groups=lookup)
+    text, errors = build_report(tree, groups=lookup)
     assert not errors
     first = rows[0]
-    assert report.effect_ci(first["result"], "delta_e_tone") in text
+    assert fmt.effect_ci(first["result"], "delta_e_tone") in text
     assert "3 seeds × 36 images (12 groups)" in text
     assert "A3 lowers cross_gt ΔE00 tone by" in text
     assert "per-seed effects; seed SD" in text and "s0 " in text
 
 
 def test_holm_runs_over_the_primary_contrasts_together(tree):
-    rows = report.primary_contrasts(tree, STUDY, lookup)
+    rows = primary_contrasts(tree, STUDY, lookup)
     raw = {str(i): r["result"]["p_value"] for i, r in enumerate(rows)}
     adjusted = holm(raw)
     for i, row in enumerate(rows):
@@ -123,7 +141,7 @@ def test_holm_runs_over_the_primary_contrasts_together(tree):
     # A0 → A3 moves tone ΔE00 by 13 (far beyond the noise): p sits at the method's floor and prints as a bound.
     big = rows[0]
     assert big["result"]["p_value"] == big["result"]["p_floor"] and big["significant"]
-    text, _ = report.build_report(tree, groups=lookup)
+    text, _ = build_report(tree, groups=lookup)
     assert format_p(big["result"]["p_value"], big["result"]["p_floor"]).startswith("≤")
     assert f"| {format_p(big['p_holm'], big['p_holm'])} |" in text
     assert "significant after Holm" in text
@@ -132,7 +150,7 @@ def test_holm_runs_over_the_primary_contrasts_together(tree):
 def test_a_null_pair_that_is_identical_holds(tree):
     for seed in (0, 1):
         write_eval(tree, f"A3r-s{seed}", run_values("A3", seed))
-    text, errors = report.build_report(tree, groups=lookup)
+    text, errors = build_report(tree, groups=lookup)
     assert errors == []
     assert "Holds: A3r − A3 on cross_gt ΔE00 tone↓: +0.00 [+0.00, +0.00], p = 1.00" in text
     assert "NULL CONTROL FAILED" not in text
@@ -144,8 +162,8 @@ def test_a_failing_null_control_fails_main_after_writing_the_report(tree, monkey
         data["cross_gt"]["delta_e_tone"] = data["cross_gt"]["delta_e_tone"] + 2.0
         write_eval(tree, f"A3r-s{seed}", data)
     monkeypatch.setenv("DVC_ROOT", str(tree))
-    monkeypatch.setattr(report, "prepared_groups", lambda prepared: lookup)
-    assert report.main(argparse.Namespace(out="reports/ablation.md")) == 1
+    monkeypatch.setattr(assemble, "prepared_groups", lambda prepared: lookup)
+    assert main(argparse.Namespace(out="reports/ablation.md")) == 1
     assert "null control FAILED" in capsys.readouterr().err
     assert "⚠ NULL CONTROL FAILED" in (tree / "reports" / "ablation.md").read_text()
 
@@ -153,18 +171,18 @@ def test_a_failing_null_control_fails_main_after_writing_the_report(tree, monkey
 def test_missing_null_control_runs_fail_main_naming_the_files(tree, monkeypatch, capsys):
     (tree / "metrics" / "eval" / "A3r-s1" / "cross_gt.csv").unlink()
     monkeypatch.setenv("DVC_ROOT", str(tree))
-    monkeypatch.setattr(report, "prepared_groups", lambda prepared: lookup)
-    assert report.main(argparse.Namespace(out="reports/ablation.md")) == 1
+    monkeypatch.setattr(assemble, "prepared_groups", lambda prepared: lookup)
+    assert main(argparse.Namespace(out="reports/ablation.md")) == 1
     assert "metrics/eval/A3r-s1/cross_gt.csv" in capsys.readouterr().err
     assert "NULL CONTROL NOT RUN" in (tree / "reports" / "ablation.md").read_text()
 
 
 def test_missing_files_give_not_run_lines(tree):
     (tree / "metrics" / "eval" / "A4-s2" / "cross_gt.csv").unlink()
-    text, errors = report.build_report(tree, groups=lookup)
+    text, errors = build_report(tree, groups=lookup)
     assert not errors  # the null control does not need A4
     assert "| A4 − A3 | cross_gt ΔE00 tone↓ | not run: missing metrics/eval/A4-s2/cross_gt.csv |" in text
-    rows = report.primary_contrasts(tree, STUDY, lookup)
+    rows = primary_contrasts(tree, STUDY, lookup)
     assert "p_holm" not in rows[1] and len([r for r in rows if "p_holm" in r]) == 2  # Holm over what ran
     for line in (
         "not run (no metrics/sweep/sweep.json).",
@@ -177,10 +195,10 @@ def test_missing_files_give_not_run_lines(tree):
 
 def test_convergence_value_on_a_known_history():
     history = [{"step": s, "val_loss": v} for s, v in ((100, 1.0), (200, 0.8), (300, 0.5), (400, 0.495))]
-    assert report.convergence_value(history) == pytest.approx(0.01)  # from step 300 (= 0.75 × 400) to the end
+    assert convergence_value(history) == pytest.approx(0.01)  # from step 300 (= 0.75 × 400) to the end
     two = [{"step": 100, "val_loss": 1.0}, {"step": 200, "val_loss": 0.9}]
-    assert report.convergence_value(two) == pytest.approx(0.1)  # the earlier point is at least one epoch back
-    assert report.convergence_value(two[:1]) is None
+    assert convergence_value(two) == pytest.approx(0.1)  # the earlier point is at least one epoch back
+    assert convergence_value(two[:1]) is None
 
 
 def write_training(root: Path, run: str, val: list[float], wall: bool = True, summary: bool = True) -> None:
@@ -199,7 +217,7 @@ def test_convergence_table_and_old_history_files(tree):
     write_training(tree, "A0-s0", [1.0, 0.8, 0.5, 0.495])  # 1 % over the last quarter: converged
     write_training(tree, "A3-s0", [1.0, 0.8, 0.5, 0.45], wall=False)  # 10 %: not converged; history without wall_s
     write_training(tree, "A4-s0", [1.0, 0.9], wall=False, summary=False)  # no summary, no wall time anywhere
-    lines = report.convergence_section(tree, STUDY)
+    lines = convergence_section(tree, STUDY)
     row = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ")}
     assert row["A0-s0"] == "| A0-s0 | 400 | 4 | 4 | 1.0 % | yes | 10.0 |"
     assert row["A3-s0"] == "| A3-s0 | 400 | 4 | 4 | 10.0 % | no | 10.0 |"
@@ -226,23 +244,25 @@ def test_sweep_choice_curves_and_targets(tree):
         rows = [{"epoch": e, "step": 100 * e, "wall_s": 60.0 * e, "psnr": psnr + e, "delta_e_tone": 10.0 - e}
                 | {"ssim": 0.8, "delta_e": 9.0, "tint_rate": 0.05} for e in (1, 2)]  # fmt: skip
         (tree / "metrics" / "curve" / f"{run}.json").write_text(json.dumps({"run": run, "split": "val", "rows": rows}))
-    text, _ = report.build_report(tree, groups=lookup)
+    text, _ = build_report(tree, groups=lookup)
     assert "| 20 | eta=1 (ancestral) | raw | 0.100 | 20.00 [19.00, 21.00] | — | 9.00 | — | — | 8 |" in text
     assert "**Chosen**: 20 steps, η = 1.0, deterministic = True, ema weights — rule: best PSNR" in text
     assert "| new recipe | A3-s0 | 2 | 2.0 | 23.00 | 8.00 | 5.0 % |" in text
     assert "| old recipe | A3old-s0 | 1 | 1.0 | 20.00 | 9.00 | 5.0 % |" in text
     assert (tree / "reports" / "figures" / "learning_efficiency.png").stat().st_size > 1000
-    targets = {line.split("|")[1].strip(): line for line in report.targets_section(tree, report.arm_runs(STUDY))}
+    (tree / "metrics" / "eval" / "pix2pix" / "cross_gt.json").unlink()  # the run a target compares with: missing
+    rows = target_rows(tree, STUDY, arm_runs(STUDY))
+    targets = {line.split("|")[1].strip(): line for line in targets_section(rows, "A3")}
     a3_psnr = np.mean([values("A3", s, "self", "psnr").mean() for s in (0, 1, 2)])  # ≈ 20 − 3 + 0.3
-    assert targets["self PSNR ≥ 23 dB"].endswith(f"| missed by {23 - a3_psnr:.2f} |")
-    assert targets["cross_gt tone ΔE00 ≤ 12"].endswith("| met |")  # ≈ 12 − 3 + 0.3
-    assert targets["cross_gt tone ΔE00 ≤ 0.7 × A0's"].endswith("| met |")  # A0 ≈ 12 + 10 + 0.3
-    assert targets["cross_gt tone ΔE00 below SCFT's"].endswith("| not run |")  # scft is not in this study
+    assert targets["self PSNR ≥ 23"].endswith(f"| missed by {23 - a3_psnr:.2f} |")
+    assert targets["cross_gt ΔE00 tone ≤ 12"].endswith("| met |")  # ≈ 12 − 3 + 0.3
+    assert targets["cross_gt ΔE00 tone ≤ 0.7 × A0's"].endswith("| met |")  # A0 ≈ 12 + 10 + 0.3
+    assert targets["cross_gt ΔE00 tone below pix2pix's"].endswith("| not run |")  # pix2pix's evaluation is missing
     assert "| A3r | 2/2 |" in text and "| A3old | 1/1 |" in text
 
 
 def test_without_prepared_data_the_contrasts_are_not_run_and_the_null_control_fails_the_stage(tree):
-    text, errors = report.build_report(tree)  # default group lookup: the prepared data, absent here
+    text, errors = build_report(tree)  # default group lookup: the prepared data, absent here
     assert "| A3 − A0 | cross_gt ΔE00 tone↓ | not run: the item groups are unknown:" in text
     assert len(errors) == 1 and "cannot run" in errors[0]
     assert "**Data**: not run" in text
@@ -256,7 +276,91 @@ def test_a_tune_from_another_configuration_is_flagged(tree):
     tune = {"objective": "judge", "sampler": dict(chosen), "counts": {"COMPLETE": 2}, "best_trial": 1}
     tune |= {"best_value": 1.0, "best_params": {"loss.lambda_edge": 1.0}}
     (tree / "metrics" / "tune.json").write_text(json.dumps(tune))
-    assert not any("earlier configuration" in line for line in report.tune_section(tree))
+    assert not any("earlier configuration" in line for line in tune_section(tree))
     tune["sampler"]["deterministic"], tune["commit"] = False, "0123abc"
     (tree / "metrics" / "tune.json").write_text(json.dumps(tune))
-    assert any("tuned an earlier configuration" in line and "0123abc" in line for line in report.tune_section(tree))
+    assert any("tuned an earlier configuration" in line and "0123abc" in line for line in tune_section(tree))
+
+
+def set_study(root: Path, **changes) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["study"] |= changes
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_method_targets_and_descriptions_come_from_params_and_experiments(tree):
+    """The method, its targets and the arm descriptions are read from the study's files, not written in code."""
+    target = {"metric": "self.tint_rate", "op": "<=", "value": 0.25, "of": "copy-lineart"}
+    set_study(tree, method="A4", reference_arm="A3", targets=[target])
+    experiment = yaml.safe_load((tree / "experiments" / "A4.yaml").read_text())
+    experiment["description"] = "a synthetic arm described only here"
+    (tree / "experiments" / "A4.yaml").write_text(yaml.safe_dump(experiment))
+    text, _ = build_report(tree, groups=lookup)
+    assert "## Targets for the full method (A4)" in text and "| target | A4 (seed mean) | threshold | result |" in text
+    assert "| self tint ≤ 0.25 × copy-lineart's |" in text
+    assert "A4 = a synthetic arm described only here;" in text
+    assert "- Cross-reference colour transfer: A4 tone-region ΔE00" in text and " vs A3 " in text
+    assert "| new recipe | A4-s0 |" in text  # the learning-efficiency comparison follows the method too
+
+
+def test_targets_compare_with_the_named_run_and_a_fraction_of_it(tree):
+    targets = [
+        {"metric": "cross_gt.delta_e_tone", "op": "<=", "value": 0.5, "of": "A0"},
+        {"metric": "self.tint_rate", "op": "<=", "value": 0.1},
+        {"metric": "self.psnr", "op": "<", "value": 1, "of": "A4"},
+        {"metric": "self.psnr", "op": ">", "value": 1, "of": "A0"},
+    ]
+    rows = target_rows(tree, STUDY | {"targets": targets}, arm_runs(STUDY))
+    a0 = np.mean([values("A0", s, "cross_gt", "delta_e_tone").mean() for s in (0, 1, 2)])
+    assert rows[0]["label"] == "cross_gt ΔE00 tone ≤ 0.5 × A0's" and rows[0]["threshold"] == pytest.approx(0.5 * a0)
+    assert rows[1]["label"] == "self tint ≤ 10 %" and rows[1]["threshold"] == 0.1
+    assert rows[1]["result"].startswith("missed by ") and rows[1]["result"].endswith(" pp")  # A3's tint ≈ 17 %
+    assert rows[2]["label"] == "self PSNR below A4's" and rows[2]["result"] == "met"  # A4 is 0.1 dB higher
+    assert rows[3]["label"] == "self PSNR above A0's" and rows[3]["result"].startswith("missed by ")  # A0: +10 dB
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"method": "A9"}, "study.method=A9: not one of study.arms"),
+        ({"reference_arm": "A9"}, "study.reference_arm=A9: not a run of the study"),
+        ({"targets": [{"metric": "self.psnr", "op": "<", "value": 1, "of": "scft"}]}, "study.targets.0.of=scft"),
+        ({"targets": [{"metric": "self.psnr", "op": "=", "value": 1}]}, "study.targets.0.op"),
+        ({"targets": [{"metric": "psnr", "op": "<", "value": 1}]}, "study.targets.0.metric"),
+        ({"target": []}, "study.target: unknown key"),
+    ],
+)
+def test_a_bad_study_section_names_its_key(tree, changes, message):
+    set_study(tree, **changes)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_study(tree)
+
+
+def test_the_headline_block_has_the_targets_and_every_question_in_one_line(tree):
+    text, _ = build_report(tree, groups=lookup)
+    block = headline_block(text)
+    assert block is not None and text.index(block) < text.index("## Pre-declared questions")
+    assert block.startswith(HEADLINE_START + "\n") and block.endswith("\n" + HEADLINE_END)
+    assert "mean over its seeds 0, 1, 2" in block
+    for row in target_rows(tree, STUDY, arm_runs(STUDY)):
+        assert f"- {row['label']}" in block
+    for row in primary_contrasts(tree, STUDY, lookup):
+        assert f"- {question_line(row)}\n" in block
+    assert "- A3 − A0, cross_gt ΔE00 tone↓: " in block and "→ better (lower is better)" in block
+    assert headline_block("no markers here") is None
+
+
+def test_readme_carries_the_committed_reports_headline():
+    """README.md shows the same headline block as the committed report, so its numbers are the report's."""
+    report_block = headline_block((REPO / "reports" / "ablation.md").read_text())
+    assert report_block is not None, "reports/ablation.md has no headline block: run `dvc repro`"
+    assert headline_block((REPO / "README.md").read_text()) == report_block
+
+
+def test_every_table_pads_a_short_row_with_empty_cells():
+    assert fmt.table(["a", "b", "c"], [["x", "1", "2"], ["y", "not run"]]) == [
+        "| a | b | c |",
+        "|---|---|---|",
+        "| x | 1 | 2 |",
+        "| y | not run | |",
+    ]

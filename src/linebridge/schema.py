@@ -250,17 +250,72 @@ class Params(Section):
         return self
 
 
-def problems(cfg: dict[str, Any]) -> list[str]:
-    """One line per invalid setting, `key: message (got value)`; empty when the config is valid."""
+Spec = Annotated[str, Field(pattern=r"^\w+\.\w+$")]  # PROTOCOL.METRIC, as metrics/eval/RUN/PROTOCOL.json names it
+
+
+class Contrast(Section):
+    a: str
+    b: str
+    metric: Spec
+
+
+class Target(Section):
+    """The method's seed mean on `metric` against `value`, or against `value` × the seed mean of arm `of`."""
+
+    metric: Spec
+    op: Literal["<", "<=", ">", ">="]
+    value: Annotated[float, Field(allow_inf_nan=False)]
+    of: str | None = None
+
+
+class Study(Section):
+    """params.yaml `study`: the runs `dvc repro` makes and the questions, controls and targets the report checks."""
+
+    arms: Annotated[list[str], Field(min_length=1)]
+    seeds: Annotated[list[NonNegInt], Field(min_length=1)]
+    minor_arms: list[str]
+    minor_seeds: list[NonNegInt]
+    old_recipe: str
+    baselines: list[str]
+    trivial: list[str]
+    contrasts: list[Contrast]
+    secondary: list[Spec]
+    null_control: Contrast | None = None
+    alpha: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+    convergence_gain: PosFloat
+    method: str
+    reference_arm: str
+    targets: list[Target]
+
+    @model_validator(mode="after")
+    def known_arms(self) -> Study:
+        """The method, the reference arm and every arm a target compares with are runs of the study."""
+        if self.method not in self.arms:
+            raise ValueError(f"study.method={self.method}: not one of study.arms {self.arms}")
+        names = [*self.arms, *self.minor_arms, self.old_recipe, *self.baselines, *self.trivial]
+        if self.reference_arm not in names:
+            raise ValueError(f"study.reference_arm={self.reference_arm}: not a run of the study ({', '.join(names)})")
+        for i, target in enumerate(self.targets):
+            if target.of is not None and target.of not in names:
+                raise ValueError(f"study.targets.{i}.of={target.of}: not a run of the study ({', '.join(names)})")
+        return self
+
+
+def problems(cfg: dict[str, Any], model: type[Section] = Params, prefix: str = "") -> list[str]:
+    """One line per invalid setting, `key: message (got value)`; empty when the config is valid.
+
+    `model` is the run configuration's by default; `problems(study, Study, "study.")` checks params.yaml's study.
+    """
     try:
-        Params.model_validate(cfg)
+        model.model_validate(cfg)
     except ValidationError as err:
         lines = []
         for e in err.errors():
-            key = ".".join(str(part) for part in e["loc"])
+            loc = ".".join(str(part) for part in e["loc"])
+            key = prefix + loc
             if e["type"] == "extra_forbidden":
                 lines.append(f"{key}: unknown key")
-            elif key:
+            elif loc:
                 lines.append(f"{key}: {e['msg']} (got {e['input']!r})")
             else:
                 lines.append(e["msg"].removeprefix("Value error, "))

@@ -1,0 +1,264 @@
+"""The report itself: its front matter and headline, the sections in order, and the `linebridge report` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from linebridge.config import load_config, repo_root, study_runs
+from linebridge.data.splits import GRID_ITEMS
+from linebridge.evaluation.report.contrasts import (
+    null_section,
+    primary_contrasts,
+    primary_section,
+    question_line,
+    secondary_section,
+)
+from linebridge.evaluation.report.figures import figures
+from linebridge.evaluation.report.fmt import LABELS
+from linebridge.evaluation.report.read import GroupLookup, prepared_groups, read_json
+from linebridge.evaluation.report.side import objectives_section, sweep_section, tune_section
+from linebridge.evaluation.report.study import arm_runs, arm_seeds, load_study
+from linebridge.evaluation.report.tables import arm_descriptions, arm_table, protocol_tables
+from linebridge.evaluation.report.targets import target_lines, target_rows, targets_section, truth_checks
+from linebridge.evaluation.report.training import (
+    convergence_section,
+    efficiency_curves,
+    efficiency_section,
+    training_table,
+)
+from linebridge.io import write_atomic
+from linebridge.tracking import git_commit
+
+# The headline block sits between these lines; README.md carries a copy of it (tests/test_report.py compares them).
+HEADLINE_START = "<!-- headline:start -->"
+HEADLINE_END = "<!-- headline:end -->"
+
+
+def headline_block(text: str) -> str | None:
+    """The text between the headline markers (markers included), None when the text has no complete block."""
+    start, end = text.find(HEADLINE_START), text.find(HEADLINE_END)
+    return text[start : end + len(HEADLINE_END)] if 0 <= start < end else None
+
+
+def headline(cfg: dict[str, Any], study: dict[str, Any], targets: list[dict], primary: list[dict]) -> list[str]:
+    """The numbers a reader wants first: the method's targets (seed means) and each primary question's verdict."""
+    method = study["method"]
+    seeds = ", ".join(map(str, arm_seeds(study)[method]))
+    return [
+        HEADLINE_START,
+        f"**Targets** of the full method {method}, mean over its seeds {seeds} (test split, profile "
+        f"`{cfg['profile']}`):",
+        "",
+        *target_lines(targets),
+        "",
+        f"**Pre-declared questions**, b − a [95 % CI], Holm over the {len(primary)} at α = {study['alpha']}:",
+        "",
+        *(f"- {question_line(row)}" for row in primary),
+        "",
+        HEADLINE_END,
+    ]
+
+
+def header(root: Path, cfg: dict[str, Any], study: dict[str, Any], info: dict[str, Any]) -> list[str]:
+    """Where the numbers come from: commit, profile, seeds per arm, data and the evaluated subset."""
+    seed_text = "; ".join(
+        f"{', '.join(arms)}: seeds {', '.join(map(str, seeds))}"
+        for arms, seeds in (
+            (study["arms"], study["seeds"]),
+            (study["minor_arms"], study["minor_seeds"]),
+            ([study["old_recipe"]], study["seeds"][:1]),
+        )
+    )
+    return [
+        "Written by the `report` stage of `dvc repro` (`make repro`) from files the other stages wrote; "
+        f"code at commit `{git_commit(root, short=True)}` (the commit before the one that records these results), "
+        f"profile `{cfg['profile']}` ({cfg['data']['image_size']}² images, "
+        f"U-Net {cfg['model']['model_channels']} channels × {cfg['model']['channel_mult']}, "
+        f"batch {cfg['train']['batch_size']}, {cfg['train']['epochs']} epochs max). "
+        "Configuration: `params.yaml` + `experiments/ARM.yaml`; a run ARM-sSEED is that arm trained with that seed; "
+        "the resolved configuration of every run is logged in MLflow (`mlflow ui --backend-store-uri sqlite:///mlflow.db`).",
+        "",
+        data_line(cfg, info),
+        "",
+        f"**Seeds**: {seed_text}; baselines ({', '.join(study['baselines'])}) and trivial outputs: one run each. "
+        "Training seeds and drawing groups are the units of inference; arm summaries are seed means ± seed SD.",
+    ]
+
+
+def subset_rule(max_per_group: int) -> str:
+    """How the evaluated items were chosen (eval.max_per_group), in words."""
+    if not max_per_group:
+        return "every item"
+    return (
+        f"every cross_gt triple, and for self and cross_random the items group-stratified with "
+        f"k = {max_per_group} (at most {max_per_group} variants of each drawing)"
+    )
+
+
+def data_line(cfg: dict[str, Any], info: dict[str, Any]) -> str:
+    """The prepared data's splits and protocol sizes (from its info.json) and the rule that chose the test items."""
+    rule = f"evaluated on {subset_rule(cfg['eval']['max_per_group'])}."
+    if not info:
+        return f"**Data**: not run (no {cfg['data']['prepared_dir']}/info.json); {rule}"
+    splits = ", ".join(f"{k} {v['images']} images / {v['groups']} groups" for k, v in sorted(info["splits"].items()))
+    protocols = ", ".join(f"{k} {v}" for k, v in sorted(info.get("protocols", {}).items()))
+    return (
+        f"**Data**: OpenMoji line art / colour pairs at {info.get('image_size', '?')}², split by base emoji: "
+        f"{splits}. Test protocols: {protocols} items; {rule}"
+    )
+
+
+def build_report(root: Path, groups: GroupLookup | None = None) -> tuple[str, list[str]]:
+    """The report's text and the errors that must fail the stage (a null control that failed or could not run).
+
+    `groups` gives the drawing group of each test item (default: from the prepared data); tests pass their own.
+    """
+    cfg = load_config(None, None, [], root=root)
+    study = load_study(root)
+    prepared = root / cfg["data"]["prepared_dir"]
+    groups = groups or prepared_groups(prepared)
+    info = read_json(prepared / "info.json") or {}
+    runs = arm_runs(study)
+    curves = efficiency_curves(root, study)
+    made = figures(root, study, prepared, curves)
+    primary = primary_contrasts(root, study, groups)
+    null_lines, null_error = null_section(root, study, groups)
+    tables, reasons = protocol_tables(root, runs)
+    targets = target_rows(root, study, runs)
+    lines = [
+        "# linebridge — ablation report",
+        "",
+        *headline(cfg, study, targets, primary),
+        "",
+        *header(root, cfg, study, info),
+        "",
+        "## Pre-declared questions",
+        "",
+        *primary_section(primary, study["alpha"]),
+        "",
+        "### Null control",
+        "",
+        *null_lines,
+        "",
+        "## Secondary metrics (no verdict)",
+        "",
+        *secondary_section(root, study, groups),
+        "",
+        "## Results by arm",
+        "",
+        arm_descriptions(root, study, runs),
+        "",
+        *arm_table(root, runs),
+        "",
+        f"## Targets for the full method ({study['method']})",
+        "",
+        *targets_section(targets, study["method"]),
+        "",
+        "## Does it learn? (checked automatically)",
+        "",
+        *truth_checks(root, study, runs),
+        "",
+        "## All metrics by protocol",
+        "",
+        *tables,
+    ]
+    if reasons:
+        lines += ["¹ Unavailable metrics:", ""] + [f"- {LABELS[k]}: {v}" for k, v in sorted(reasons.items())] + [""]
+    lines += definitions() + [
+        "## Convergence",
+        "",
+        *convergence_section(root, study),
+        "",
+        "## Learning efficiency (new against old training recipe)",
+        "",
+        *efficiency_section(curves),
+        "",
+        *(["![learning efficiency](figures/learning_efficiency.png)", ""] if made["efficiency"] else []),
+        "## Objectives at equal budget",
+        "",
+        *objectives_section(root),
+        "",
+        "## Sampler choice (validation split)",
+        "",
+        *sweep_section(root, study),
+        "",
+        "## Training",
+        "",
+        *training_table(root, [*study_runs(study), *study["baselines"]]),
+        "",
+        "![loss curves](figures/loss_curves.png)",
+        "",
+        "## Optuna study (λ_edge, TPS strength)",
+        "",
+        *tune_section(root),
+        "",
+        *figures_section(made["samples"]),
+        *closing(),
+    ]
+    return "\n".join(lines), [null_error] if null_error else []
+
+
+def definitions() -> list[str]:
+    from linebridge.evaluation.metrics import EDGE_IOU_DEFINITION
+
+    return [
+        f"**Edge IoU**: {EDGE_IOU_DEFINITION}",
+        "",
+        "**ΔE00**: mean CIEDE2000 colour difference per image (CIELAB via kornia, D65); "
+        "*tone* = only the pixels where the skin-tone variants of the emoji differ "
+        "(the region a reference's skin colour should reach). **Tint rate**: the share of an image's background "
+        "pixels with ΔE00 > 3 (visibly tinted), in %.",
+        "",
+    ]
+
+
+def figures_section(samples: bool) -> list[str]:
+    lines = ["## Figures", ""]
+    if samples:
+        lines += [
+            "![samples](figures/samples.png)",
+            "",
+            f"Rows: {GRID_ITEMS} items spread evenly over each of the self-reference and cross-reference-with-ground-"
+            "truth protocols; columns: line art, reference, each arm's first-seed run, ground truth.",
+            "",
+        ]
+    else:
+        lines += ["Sample grid: not run (no prepared data or no evaluated run).", ""]
+    return lines + ["![metric bars](figures/metric_bars.png)", "", "Seed means ± seed SD.", ""]
+
+
+def closing() -> list[str]:
+    return [
+        "## Reproduce",
+        "",
+        "```bash",
+        "make repro                       # = linebridge data fetch && dvc repro",
+        "dvc exp run -S train.epochs=20   # change one thing and run again",
+        "```",
+        "",
+        "## Attribution",
+        "",
+        "All emojis designed by OpenMoji – the open-source emoji and icon project. License: CC BY-SA 4.0 "
+        "(https://openmoji.org). "
+        "The rendered line art, colour images and references derived from them are shared under the same licence.",
+        "",
+    ]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="reports/ablation.md", help="report path (relative to the repository root)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Write the report; exit 1 (after writing it) when the null control failed or could not run."""
+    root = repo_root()
+    text, errors = build_report(root)
+    out = root / args.out
+    write_atomic(out, text)
+    print(f"wrote {out}")
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if errors else 0

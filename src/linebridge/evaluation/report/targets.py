@@ -1,0 +1,103 @@
+"""The method against its targets (params.yaml study.targets) and the plain 'does it learn?' checks."""
+
+from __future__ import annotations
+
+import operator
+from pathlib import Path
+from typing import Any
+
+from linebridge.evaluation.report.fmt import LABELS, metric_name, show, table
+from linebridge.evaluation.report.read import seed_mean
+
+# A target's comparison: how its label writes it, and the test.
+OPS = {">=": ("≥", operator.ge), "<=": ("≤", operator.le), "<": ("below", operator.lt), ">": ("above", operator.gt)}
+# The trivial outputs that calibrate the scale (evaluate.TRIVIAL), as the checks name them.
+TRIVIAL_LABELS = {
+    "copy-lineart": "line art",
+    "copy-reference": "copied reference",
+    "reference-with-lines": "reference with the lines drawn on",
+}
+TRANSFER = "cross_gt.delta_e_tone"  # where a reference's colour shows: the skin-tone region of another drawing
+
+
+def target_label(target: dict[str, Any]) -> str:
+    """'self PSNR ≥ 23', 'self tint ≤ 10 %', 'cross_gt ΔE00 tone ≤ 0.7 × A0's', 'cross_gt ΔE00 tone below scft's'."""
+    value, of = target["value"], target.get("of")
+    if of:
+        threshold = f"{'' if value == 1 else f'{value:g} × '}{of}'s"
+    elif target["metric"].endswith(".tint_rate"):
+        threshold = f"{100 * value:g} %"
+    else:
+        threshold = f"{value:g}"
+    return f"{metric_name(target['metric']).rstrip('↑↓')} {OPS[target['op']][0]} {threshold}"
+
+
+def target_rows(root: Path, study: dict[str, Any], runs: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """Each target: label, metric, the method's seed mean, the threshold, and 'met', 'missed by …' or 'not run'."""
+    rows = []
+    for target in study["targets"]:
+        metric = target["metric"].split(".")[1]
+        value = seed_mean(root, runs, study["method"], target["metric"])
+        threshold = float(target["value"])
+        if target.get("of"):
+            base = seed_mean(root, runs, target["of"], target["metric"])
+            threshold = None if base is None else target["value"] * base
+        if value is None or threshold is None:
+            result = "not run"
+        elif OPS[target["op"]][1](value, threshold):
+            result = "met"
+        else:
+            result = f"missed by {show(abs(value - threshold), metric).replace('%', 'pp')}"
+        rows.append(
+            {
+                "label": target_label(target),
+                "metric": metric,
+                "value": value,
+                "threshold": threshold,
+                "relative": bool(target.get("of")),
+                "result": result,
+            }
+        )
+    return rows
+
+
+def targets_section(rows: list[dict[str, Any]], method: str) -> list[str]:
+    """The method (mean over its seeds) against each target: measured, threshold, met or missed by how much."""
+    cells = [[r["label"], show(r["value"], r["metric"]), show(r["threshold"], r["metric"]), r["result"]] for r in rows]
+    return table(["target", f"{method} (seed mean)", "threshold", "result"], cells)
+
+
+def target_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The targets one per line, for the headline: a relative target shows the threshold it came to."""
+    lines = []
+    for r in rows:
+        threshold = f" ({show(r['threshold'], r['metric'])})" if r["relative"] else ""
+        lines.append(f"- {r['label']}{threshold}: {show(r['value'], r['metric'])} → {r['result']}")
+    return lines
+
+
+def truth_checks(root: Path, study: dict[str, Any], runs: dict[str, list[str]]) -> list[str]:
+    """The 'does it learn?' checks (the method against the reference arm and the trivial outputs, seed means)."""
+    method, ref = study["method"], study["reference_arm"]
+    out = []
+    mine, theirs = seed_mean(root, runs, method, TRANSFER), seed_mean(root, runs, ref, TRANSFER)
+    if mine is not None and theirs is not None:
+        transfers = "lower (transfers colour)"
+        if mine >= theirs:
+            transfers = "NOT lower: the reference is not transferring colour"
+        out.append(
+            f"- Cross-reference colour transfer: {method} tone-region ΔE00 {mine:.2f} vs {ref} {theirs:.2f} "
+            f"(seed means) → **{method} {transfers}**."
+        )
+    for metric in ("psnr", "ssim"):
+        value = seed_mean(root, runs, method, f"self.{metric}")
+        trivial = {t: v for t in study["trivial"] if (v := seed_mean(root, runs, t, f"self.{metric}")) is not None}
+        if value is None or not trivial:
+            continue
+        beats = all(value > v for v in trivial.values())
+        against = ", ".join(f"{TRIVIAL_LABELS.get(t, t)} {v:.3f}" for t, v in trivial.items())
+        out.append(
+            f"- Self-reference {LABELS[metric]}: {method} {value:.3f} (seed mean) vs {against} → "
+            f"**{method} {'beats' if beats else 'does NOT beat'} every trivial output**."
+        )
+    return out or [f"- not available: the evaluations of {ref}, {method} and the trivial outputs have not run."]
