@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test tune objectives demo clean-venv
+.PHONY: setup repro test test-fast tune objectives demo clean-venv
 
 setup: $(STAMP)
 
@@ -24,6 +24,9 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)  # all but the tests marked slow (servers, browser, torchrun, Optuna studies, dvc repro): for edit-test loops
+	$(BIN)/python -m pytest -q -m "not slow"
 
 tune: $(STAMP)  # the Optuna study: not a DVC stage (it outlasts the study's budget); commit what it writes
 	$(BIN)/linebridge tune

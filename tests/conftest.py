@@ -1,4 +1,5 @@
-"""Shared fixtures: a real, tiny study root (OpenMoji subset prepared at the `tiny` profile) and helpers."""
+"""Shared fixtures: a real, tiny study root (OpenMoji subset prepared at the `tiny` profile), one tiny trained
+model for the tests that only read one, and helpers (the experiment ids and the study's arms, read from the repo)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
+import yaml
+
+if TYPE_CHECKING:
+    from linebridge.runs import Paths
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET_TOOLS = {"MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}
@@ -32,6 +37,17 @@ def make_root(folder: Path) -> Path:
     shutil.copy(REPO / "params.yaml", folder / "params.yaml")
     shutil.copytree(REPO / "experiments", folder / "experiments", dirs_exist_ok=True)
     return folder
+
+
+def experiments() -> list[str]:
+    """Every experiment id, as experiments/*.yaml defines them (arms, baselines, twins): tests loop over these, so a
+    new experiment file is covered without editing a test."""
+    return sorted(p.stem for p in (REPO / "experiments").glob("*.yaml"))
+
+
+def study_params() -> dict[str, Any]:
+    """The `study` section of params.yaml: which arms, seeds and baselines `dvc repro` runs."""
+    return yaml.safe_load((REPO / "params.yaml").read_text())["study"]
 
 
 def _sha(path: Path) -> str:
@@ -99,3 +115,27 @@ def in_study(tiny_study, monkeypatch, tmp_path) -> Path:
     monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     return tiny_study
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): _sha(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_study, tmp_path_factory) -> Iterator[Paths]:
+    """One tiny-profile A3 training (its default 2 epochs, no MLflow), shared by every test that only reads a trained
+    model: a `runs.Paths` (.out, .best, .last, .metrics, .history). Tests that check training itself (determinism,
+    resume, divergence, logging) train their own. A test that changes these files must copy them first; the session
+    checks at its end that nothing did."""
+    from linebridge.cli import main as cli_main
+    from linebridge.runs import Paths
+
+    paths = Paths.for_experiment("A3", tmp_path_factory.mktemp("tiny_checkpoint") / "A3")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tiny_study)
+        mp.delenv("DVC_ROOT", raising=False)
+        args = ["train", "--experiment", "A3", "--profile", "tiny", "--no-mlflow", "--out", str(paths.out)]
+        assert cli_main(args) == 0
+    before = _tree(paths.out)
+    yield paths
+    assert _tree(paths.out) == before, f"a test changed the shared checkpoint in {paths.out}: copy it first"

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import study_params
 from linebridge import checkpoint
 from linebridge.baselines import controlnet, gan, pix2pix, scft
 from linebridge.cli import main as cli_main
 from linebridge.config import UserError, load_config
 from linebridge.runs import Paths, TrainingDiverged
 
-FAMILIES = ("pix2pix", "scft")  # the tiny profile trains each for 2 epochs of 4 steps
+FAMILIES = tuple(study_params()["baselines"])  # pix2pix, scft: the tiny profile trains each for 2 epochs of 4 steps
 
 
 def run_train(family: str, out: Path, *extra: str) -> int:

@@ -48,32 +48,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_study, tmp_path_factory) -> Path:
-    """A 1-epoch tiny-profile A3 checkpoint (seconds)."""
-    out = tmp_path_factory.mktemp("demo_ckpt") / "A3"
-    old = os.getcwd()
-    os.chdir(tiny_study)
-    try:
-        assert (
-            cli_main(
-                [
-                    "train",
-                    "--experiment",
-                    "A3",
-                    "--profile",
-                    "tiny",
-                    "--no-mlflow",
-                    "--out",
-                    str(out),
-                    "--set",
-                    "train.epochs=1",
-                ]
-            )
-            == 0
-        )
-    finally:
-        os.chdir(old)
-    return out / "best.pt"
+def trained(tiny_checkpoint) -> Path:
+    """The session's tiny A3 checkpoint (read only: demo_root copies it)."""
+    return tiny_checkpoint.best
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +164,7 @@ def click_colorize(driver) -> None:
 # ----------------------------------------------------------------------------- browser
 
 
+@pytest.mark.slow  # a Gradio server and headless Chromium
 def test_broken_upload_is_a_message_in_the_page(browser, server, inputs):
     open_page(browser, server)
     upload(browser, "line-file", inputs["broken"])
@@ -200,6 +178,7 @@ def test_broken_upload_is_a_message_in_the_page(browser, server, inputs):
     assert image_src(browser, "result") is None
 
 
+@pytest.mark.slow  # a Gradio server and headless Chromium
 def test_upload_colorize_shows_result_at_input_size_and_path(browser, server, inputs):
     """Runs after the broken upload on the same server: the app kept serving."""
     open_page(browser, server)
@@ -217,6 +196,7 @@ def test_upload_colorize_shows_result_at_input_size_and_path(browser, server, in
     assert strip.width > 5 * strip.height // 2, "line art plus several x̂0 panels side by side"
 
 
+@pytest.mark.slow  # a Gradio server and headless Chromium
 def test_gallery_example_fills_inputs_and_ground_truth(browser, server):
     from selenium.webdriver.common.by import By
 
@@ -234,6 +214,7 @@ def test_gallery_example_fills_inputs_and_ground_truth(browser, server):
     assert fetch_image(src).size == fetch_image(image_src(browser, "ground-truth")).size
 
 
+@pytest.mark.slow  # a Gradio server and headless Chromium
 def test_no_checkpoint_page_says_how_to_get_one(browser, tmp_path):
     from selenium.webdriver.common.by import By
 

@@ -12,22 +12,16 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import experiments
 from linebridge.cli import main as cli_main
 from linebridge.config import load_config
 from linebridge.runs import Paths, config_changes
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_study) -> Path:
-    """A tiny A3 checkpoint (seconds to train)."""
-    old = os.getcwd()
-    os.chdir(tiny_study)
-    try:
-        out = "outputs/train/inputs-A3"
-        assert cli_main(["train", "--experiment", "A3", "--profile", "tiny", "--no-mlflow", "--out", out]) == 0
-    finally:
-        os.chdir(old)
-    return tiny_study / "outputs" / "train" / "inputs-A3" / "best.pt"
+def checkpoint(tiny_checkpoint) -> Path:
+    """The session's tiny A3 checkpoint (read only)."""
+    return tiny_checkpoint.best
 
 
 @pytest.mark.parametrize(
@@ -51,7 +45,7 @@ def test_bad_settings_name_the_key_before_training(in_study, tmp_path, capsys, o
 
 def test_every_profile_and_experiment_is_valid(in_study):
     for profile in ("default", "paper", "tiny"):
-        for experiment in (None, "A0", "A1", "A2", "A3", "A4", "pix2pix", "scft"):
+        for experiment in (None, *experiments()):
             load_config(experiment, profile)
 
 
@@ -146,6 +140,7 @@ def test_lpips_loss_needs_its_weights_and_trains_with_them(in_study, tmp_path, m
     assert json.loads((tmp_path / "lpips" / "metrics.json").read_text())["steps"] == 4
 
 
+@pytest.mark.slow  # torchrun: two processes
 def test_gan_baseline_trains_under_torchrun(in_study, tmp_path):
     """Two gloo processes share the global batch; rank 0 alone writes; the replicas end identical."""
     out = tmp_path / "ddp"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import experiments
 from linebridge.bbdm.unet import DualStreamUNet, build_model, model_info
 from linebridge.cli import main as cli_main
 from linebridge.config import ConfigError, load_config
@@ -82,26 +83,27 @@ def test_missing_reference_is_an_error():
 
 
 def test_factory_builds_every_experiment():
+    """Every BBDM experiment of experiments/ builds and runs; A0 has no reference, A4 concatenates it, the rest
+    (A1 on) read it by cross-attention."""
     refs = {}
-    for exp in ["A0", "A1", "A2", "A3", "A4"]:
+    for exp in experiments():
         cfg = load_config(exp, "tiny")
+        if cfg["model"]["family"] != "bbdm":
+            continue  # the GAN baselines: test_baselines.py
         net = build_model(cfg)
         refs[exp] = net.reference
         x, t, line, ref = inputs(cfg["data"]["image_size"])
         assert net(x, t, line, ref).shape == x.shape
-    assert refs == {
-        "A0": "none",
-        "A1": "cross_attention",
-        "A2": "cross_attention",
-        "A3": "cross_attention",
-        "A4": "concat",
-    }
+    assert {"A0", "A3", "A4"} <= set(refs)
+    assert refs == {exp: {"A0": "none", "A4": "concat"}.get(exp, "cross_attention") for exp in refs}
 
 
 def test_model_info_counts_parameters():
+    """A known count: A3's network before the newer options has 1 895 171 parameters (the old-config test below
+    counts them on the network itself)."""
+    legacy = load_config("A3", None, [*LEGACY, "model.use_spatial_transformer=false"])
+    assert model_info(legacy)["params_total"] == 1_895_171
     info = model_info(load_config("A3"))
-    net = build_model(load_config("A3"))
-    assert info["params_total"] == sum(p.numel() for p in net.parameters())
     assert info["params_reference_encoder"] > 0 and info["gflops_forward"] > 0
     assert model_info(load_config("A0"))["params_reference_encoder"] == 0
 

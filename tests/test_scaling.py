@@ -22,6 +22,8 @@ import pytest
 
 from linebridge.cli import main as cli_main
 
+pytestmark = pytest.mark.slow  # starts PostgreSQL and `mlflow server`
+
 
 def free_port() -> int:
     with socket.socket() as s:

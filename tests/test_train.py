@@ -173,6 +173,7 @@ def test_training_logs_to_mlflow(in_study, tmp_path):
     assert run.info.status == "FINISHED"
 
 
+@pytest.mark.slow  # torchrun: two processes
 def test_torchrun_ddp_matches_single_process(in_study, reference_run, tmp_path):
     """2 CPU processes (gloo), global batch 4 = 2 × 2: ranks agree, and the result matches one process.
 
