@@ -79,14 +79,14 @@ def test_resume_after_interrupt_gives_same_state(family, in_study, reference_run
 
 
 def test_colorizers_shapes_range_and_reference_use(in_study, reference_runs):
-    from linebridge.inference import load_colorizer
+    from linebridge.inference import Sampler, load_colorizer
 
     torch.manual_seed(0)
     line = torch.rand(5, 1, 16, 16) * 2 - 1
     ref_a, ref_b = torch.rand(5, 3, 16, 16) * 2 - 1, torch.rand(5, 3, 16, 16) * 2 - 1
     outputs = {}
     for family in FAMILIES:
-        fn, cfg = load_colorizer(reference_runs[family] / "best.pt", weights="ema", steps=5)
+        fn, cfg = load_colorizer(reference_runs[family] / "best.pt", Sampler(steps=5, weights="ema"))
         assert cfg["model"]["family"] == family
         out_a, out_b = fn(line, ref_a, 0), fn(line, ref_b, 1)
         assert out_a.shape == (5, 3, 16, 16) and out_a.min() >= -1 and out_a.max() <= 1

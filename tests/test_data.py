@@ -546,20 +546,6 @@ def test_cli_reports_missing_raw_data(tmp_path, monkeypatch, capsys):
     assert "linebridge data fetch" in capsys.readouterr().err
 
 
-def test_reference_dropout_blanks_whole_items_and_leaves_the_rest():
-    from linebridge.data.batches import drop_references
-
-    ref = torch.rand(64, 3, 8, 8) * 2 - 1
-    torch.manual_seed(0)
-    before = torch.get_rng_state()
-    assert drop_references(ref, 0.0) is ref
-    assert torch.equal(torch.get_rng_state(), before)  # share 0 draws nothing: old runs keep their stream
-    out = drop_references(ref, 0.5)
-    blank = (out == 1).flatten(1).all(1)
-    assert 10 < int(blank.sum()) < 54
-    assert torch.equal(out[~blank], ref[~blank])
-
-
 def test_shared_jitter_recolours_target_and_source_alike():
     from linebridge.data.augment import jitter_pair
 

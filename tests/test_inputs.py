@@ -69,13 +69,16 @@ def test_colorize_rejects_bad_sampler_settings(in_study, checkpoint, tmp_path, c
     assert not out.exists()
 
 
-def test_guidance_needs_a_model_trained_with_reference_dropout(checkpoint):
-    from linebridge.config import UserError
-    from linebridge.inference import load_colorizer
+def test_sampler_settings_left_none_are_the_checkpoints_own(checkpoint):
+    from linebridge.inference import Sampler, load_colorizer
 
-    load_colorizer(checkpoint, guidance=1.0)
-    with pytest.raises(UserError, match=r"eval.guidance=2.0: .* augment.reference_dropout=0.1"):
-        load_colorizer(checkpoint, guidance=2.0)
+    own = Sampler.of_checkpoint(torch.load(checkpoint, weights_only=True)["config"])
+    assert own == Sampler.from_eval(load_config("A3", "tiny")["eval"])
+    assert Sampler(steps=5).over(own) == Sampler(5, own.deterministic, own.eta, own.weights)
+    line, ref = torch.rand(2, 1, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
+    out = load_colorizer(checkpoint)[0](line, ref, 0)
+    assert torch.equal(load_colorizer(checkpoint, own)[0](line, ref, 0), out)
+    assert not torch.equal(load_colorizer(checkpoint, Sampler(steps=5))[0](line, ref, 0), out)
 
 
 @pytest.mark.parametrize("target, message", [("folder", "is a folder"), ("colour.unknownext", "unknown image type")])

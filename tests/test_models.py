@@ -124,13 +124,12 @@ NEW_KEYS = (
     "scale_shift",
     "reference_downsample",
     "reference_positions",
-    "reference_global",
 )
 
 
 # The network before these options existed: what a checkpoint config without the new keys builds.
 LEGACY = ["model.norm_groups=32", "model.zero_init=false", "model.scale_shift=false", "model.reference_downsample=16",
-          "model.reference_positions=false", "model.reference_global=false"]  # fmt: skip
+          "model.reference_positions=false"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -295,25 +294,6 @@ def test_reference_positions_are_a_fixed_2d_sinusoid():
     torch.testing.assert_close(pe.view(8, 8, -1)[0, :, half:], pe.view(8, 8, -1)[5, :, half:])
 
 
-def test_reference_global_starts_as_a_no_op_and_learns():
-    """With zero init the mean-token path adds nothing at first (same outputs as the net without it) and gets a
-    gradient; without zero init it changes the output at once."""
-    torch.manual_seed(0)
-    opts = dict(reference_downsample=4, norm_groups=4, scale_shift=True, **SMALL)
-    net = DualStreamUNet(32, **opts).eval()  # no zero init: every other layer random
-    glob = DualStreamUNet(32, zero_init=True, reference_global=True, **opts).eval()
-    assert set(glob.state_dict()) - set(net.state_dict()) == {"ref_global.weight", "ref_global.bias"}
-    glob.load_state_dict(net.state_dict(), strict=False)  # the shared layers copied; ref_global keeps its zeros
-    x, t, line, ref = inputs(32)
-    with torch.no_grad():
-        assert torch.equal(glob(x, t, line, ref), net(x, t, line, ref))
-    glob(x, t, line, ref).square().mean().backward()
-    assert glob.ref_global.weight.grad.abs().sum() > 0
-    torch.nn.init.normal_(glob.ref_global.weight)
-    with torch.no_grad():
-        assert (glob(x, t, line, ref) - net(x, t, line, ref)).abs().max() > 1e-4
-
-
 def test_bad_network_options_are_rejected():
     from linebridge.schema import problems
 
@@ -333,7 +313,7 @@ def test_bad_network_options_are_rejected():
         bad = problems({**cfg, "model": {**cfg["model"], **model}})
         assert any(expected in line for line in bad), (model, bad)
     assert problems({**cfg, "model": {**cfg["model"], "reference": "none", "reference_downsample": 64}}) == []
-    assert problems({**cfg, "eval": {**cfg["eval"], "clip_denoised": 1}})[0].startswith("eval.clip_denoised")
+    assert problems({**cfg, "eval": {**cfg["eval"], "deterministic": 1}})[0].startswith("eval.deterministic")
 
 
 def test_model_info_reports_the_options():

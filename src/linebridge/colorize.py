@@ -21,7 +21,7 @@ from linebridge.config import Config, UserError
 from linebridge.io import save_with
 
 if TYPE_CHECKING:
-    from linebridge.inference import Colorizer
+    from linebridge.inference import Colorizer, Sampler
 
 
 def read_image(path: Path, mode: str) -> Image.Image:
@@ -92,15 +92,14 @@ def colorize_file(
     ref_path: Path | None,
     checkpoint: Path,
     out_path: Path,
-    steps: int | None = None,
-    eta: float | None = None,
-    deterministic: bool = False,
+    sampler: Sampler | None = None,
     seed: int = 0,
 ) -> Path:
+    """Colour the line art at `line_path` into `out_path`; sampler settings left None are the checkpoint's own."""
     from linebridge.inference import load_colorizer
 
     check_output(out_path)
-    fn, cfg = load_colorizer(checkpoint, steps=steps, eta=eta, deterministic=deterministic)
+    fn, cfg = load_colorizer(checkpoint, sampler)
     line = read_image(line_path, "L")
     if needs_reference(cfg) and ref_path is None:
         raise UserError(f"{checkpoint}: this model colours from a reference; pass --ref REF.png")
@@ -122,15 +121,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--steps", type=int, default=None, help="sampler steps (default: the checkpoint's eval.sample_step)"
     )
     parser.add_argument(
-        "--eta", type=float, default=None, help="BBDM eta: scales the sampler noise (default from the checkpoint)"
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="DDIM-style deterministic sampler, which ignores --eta (default: the checkpoint's eval.deterministic)",
     )
-    parser.add_argument("--deterministic", action="store_true", help="DDIM-style deterministic sampler (ignores --eta)")
+    parser.add_argument(
+        "--eta",
+        type=float,
+        default=None,
+        help="BBDM eta: scales the stochastic sampler's noise (default: the checkpoint's eval.eta)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="sampler seed")
 
 
 def main(args: argparse.Namespace) -> int:
-    out = colorize_file(
-        args.line, args.ref, args.checkpoint, args.output, args.steps, args.eta, args.deterministic, args.seed
-    )
+    from linebridge.inference import Sampler
+
+    sampler = Sampler(args.steps, args.deterministic, args.eta)  # None: the checkpoint's eval.* (weights included)
+    out = colorize_file(args.line, args.ref, args.checkpoint, args.output, sampler, args.seed)
     print(f"wrote {out}")
     return 0

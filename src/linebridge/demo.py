@@ -34,7 +34,7 @@ PROTOCOLS = ("self", "cross_gt")  # the gallery's test protocols: both have a pa
 EXAMPLES_PER_PROTOCOL = 8
 PATH_FRAMES = 6  # x̂0 panels in the path strip (plus the line art)
 PANEL_HEIGHT = 128  # px of each panel in the strip
-MAX_STEPS = 200  # the paper profile's sampler steps; the study evaluates at 20
+MAX_STEPS = 200  # the paper profile's sampler steps (the study's: params.yaml eval.sample_step)
 STOCHASTIC, DETERMINISTIC = "stochastic (BBDM: η scales the noise)", "deterministic (DDIM-style ODE)"
 CSS = """
 #result img, #ground-truth img, #line-preview img, #ref-preview img { image-rendering: pixelated; object-fit: contain; }
@@ -181,25 +181,26 @@ def colorize_once(
     checkpoint_path: Path,
     line_path: Path | None,
     ref_path: Path | None,
-    deterministic: bool = False,
-    eta: float = 1.0,
-    steps: int = 20,
+    deterministic: bool | None = None,
+    eta: float | None = None,
+    steps: int | None = None,
     seed: int = 0,
     on_step=None,
 ) -> Outcome:
     """Colour one uploaded line art; UserError (never a traceback) for bad files or settings.
 
-    `on_step(done, total)` follows the sampler for a progress bar.
+    Sampler settings left None are the checkpoint's own (its eval.*). `on_step(done, total)`
+    follows the sampler for a progress bar.
     """
     from linebridge import checkpoint
     from linebridge.colorize import colorize_image, needs_reference
-    from linebridge.inference import load_colorizer
+    from linebridge.inference import Sampler, load_colorizer
 
     start = time.perf_counter()
-    steps, seed = int(steps), int(seed)
-    if not 2 <= steps <= MAX_STEPS:
-        raise UserError(f"steps = {steps}: choose 2 to {MAX_STEPS}")
-    if not 0 <= eta <= 1:
+    asked, seed = Sampler(None if steps is None else int(steps), deterministic, eta), int(seed)
+    if asked.steps is not None and not 2 <= asked.steps <= MAX_STEPS:
+        raise UserError(f"steps = {asked.steps}: choose 2 to {MAX_STEPS}")
+    if eta is not None and not 0 <= eta <= 1:
         raise UserError(f"eta = {eta}: choose 0 (no noise) to 1 (BBDM's default)")
     line, ref = load_inputs(line_path, ref_path)
     frames: list[tuple[int, Tensor]] = []
@@ -207,13 +208,11 @@ def colorize_once(
     def keep(i: int, x_hat: Tensor) -> None:
         frames.append((i, x_hat.clone()))
         if on_step is not None:
-            on_step(i + 1, steps)
+            on_step(i + 1, used.steps)
 
     name = Path(checkpoint_path).name
     try:
-        fn, cfg = load_colorizer(
-            Path(checkpoint_path), steps=steps, eta=eta, deterministic=deterministic, callback=keep
-        )
+        fn, cfg = load_colorizer(Path(checkpoint_path), asked, callback=keep)
     except UserError:
         raise
     except (RuntimeError, KeyError, TypeError, ValueError) as err:  # a state dict that does not fit its config
@@ -222,6 +221,7 @@ def colorize_once(
         ) from None
     if needs_reference(cfg) and ref is None:
         raise UserError(f"{name}: this model colours from a reference; upload one or pick an example")
+    used = asked.over(Sampler.of_checkpoint(cfg))  # the settings load_colorizer bound
     loaded = time.perf_counter()
     image = colorize_image(fn, cfg["data"]["image_size"], line, ref, seed)
     seconds = time.perf_counter() - start
@@ -239,7 +239,7 @@ def colorize_once(
     total = len(frames)
     picks = sorted({round(k * (total - 1) / (PATH_FRAMES - 1)) for k in range(PATH_FRAMES)})
     strip = path_strip(line, [frames[k] for k in picks], total)
-    sampler = "deterministic" if deterministic else f"η = {eta:g}"
+    sampler = "deterministic" if used.deterministic else f"η = {used.eta:g}"
     return Outcome(
         image,
         strip,
@@ -269,6 +269,7 @@ def build_app(root: Path, extra: Path | None = None) -> tuple[gr.Blocks, list[st
 
     models = find_checkpoints(root, extra)
     cfg = load_config(root=root)
+    ec = cfg["eval"]  # the sliders start at the study's sampler
     prepared = Path(cfg["data"]["prepared_dir"])
     prepared = prepared if prepared.is_absolute() else root / prepared
     examples = find_examples(prepared)
@@ -360,11 +361,21 @@ def build_app(root: Path, extra: Path | None = None) -> tuple[gr.Blocks, list[st
                     info="checkpoints under outputs/train/*/ and --checkpoint",
                 )
                 with gr.Row():
-                    sampler = gr.Radio([STOCHASTIC, DETERMINISTIC], value=STOCHASTIC, label="sampler", scale=3)
-                    eta = gr.Slider(0, 1, value=1.0, step=0.05, label="η (stochastic only)", scale=2)
+                    sampler = gr.Radio(
+                        [STOCHASTIC, DETERMINISTIC],
+                        value=DETERMINISTIC if ec["deterministic"] else STOCHASTIC,
+                        label="sampler",
+                        scale=3,
+                    )
+                    eta = gr.Slider(0, 1, value=ec["eta"], step=0.05, label="η (stochastic only)", scale=2)
                 with gr.Row():
                     steps = gr.Slider(
-                        2, MAX_STEPS, value=20, step=1, label="steps (the study evaluates at 20)", scale=3
+                        2,
+                        MAX_STEPS,
+                        value=ec["sample_step"],
+                        step=1,
+                        label=f"steps (the study samples with {ec['sample_step']})",
+                        scale=3,
                     )
                     seed = gr.Number(0, precision=0, minimum=0, label="seed", scale=2)
                 button = gr.Button("Colorize", variant="primary", interactive=bool(models), elem_id="colorize")

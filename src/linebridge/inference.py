@@ -8,7 +8,10 @@ baselines their generator.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,12 +21,41 @@ from linebridge.bbdm.bridge import StepCallback
 from linebridge.checkpoint import Colorizer
 from linebridge.config import Config, UserError
 
-__all__ = ["Colorizer", "load_colorizer"]
+__all__ = ["Colorizer", "Sampler", "load_colorizer"]
 
 
-def sampler_eta(cfg: Config) -> float:
-    """The η a checkpoint's config asks for (eval.eta; checkpoints from before it existed kept it in bridge)."""
-    return float(cfg["eval"].get("eta", cfg["bridge"].get("eta", 1.0)))
+@dataclass(frozen=True)
+class Sampler:
+    """How a BBDM checkpoint is sampled: the four settings of a config's eval section in one object.
+
+    `steps` sampler steps (2 … bridge.num_timesteps); `deterministic` the DDIM-style ODE, which
+    ignores `eta`, instead of BBDM's stochastic sampler, whose noise `eta` scales; `weights` the
+    EMA ("ema") or the raw ("raw") weights. A setting left None is the checkpoint's own (`over`),
+    so `linebridge colorize --steps 5` changes the steps alone. GAN baselines have no sampler.
+    """
+
+    steps: int | None = None
+    deterministic: bool | None = None
+    eta: float | None = None
+    weights: str | None = None
+
+    def over(self, base: Sampler) -> Sampler:
+        """These settings, with those left None taken from `base`."""
+        mine = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(base, **{name: value for name, value in mine.items() if value is not None})
+
+    @classmethod
+    def from_eval(cls, ec: Mapping[str, Any]) -> Sampler:
+        """The sampler of an eval section (params.yaml, with the sweep's choice applied or not)."""
+        return cls(ec["sample_step"], ec["deterministic"], ec["eta"], ec["weights"])
+
+    @classmethod
+    def of_checkpoint(cls, cfg: Config) -> Sampler:
+        """The sampler a checkpoint's own config names. Checkpoints from before eval.deterministic and
+        eval.weights existed sampled stochastically from the EMA weights, and kept η under bridge."""
+        ec = cfg["eval"]
+        eta = ec.get("eta", cfg["bridge"].get("eta", 1.0))
+        return cls(ec["sample_step"], ec.get("deterministic", False), float(eta), ec.get("weights", "ema"))
 
 
 def check_sampler(steps: int, eta: float, num_timesteps: int) -> None:
@@ -36,54 +68,29 @@ def check_sampler(steps: int, eta: float, num_timesteps: int) -> None:
 
 def load_colorizer(
     path: Path,
-    weights: str = "ema",
-    steps: int | None = None,
-    eta: float | None = None,
-    deterministic: bool = False,
+    sampler: Sampler | None = None,
     device: torch.device | str = "cpu",
     callback: StepCallback | None = None,
-    clip_denoised: bool | None = None,
-    guidance: float | None = None,
 ) -> tuple[Colorizer, Config]:
-    """`fn(lineart, ref, seed) -> colour` for any linebridge checkpoint (BBDM or a GAN baseline).
+    """`fn(lineart, ref, seed) -> colour` for any linebridge checkpoint (BBDM or a GAN baseline), and its config.
 
-    For BBDM the sampler settings are bound here (None: the checkpoint's eval.sample_step,
-    eval.eta, eval.clip_denoised and eval.guidance, off in checkpoints from before they
-    existed), and so is `callback(i, x̂)` (see `BrownianBridge.sample`); GAN baselines ignore them all (they
-    have no sampler, so the callback is never called).
+    For BBDM the sampler is bound here (its settings left None, or all of them when `sampler`
+    is None: those the checkpoint's config names, see `Sampler.of_checkpoint`), and so is
+    `callback(i, x̂)` (see `BrownianBridge.sample`); GAN baselines ignore both (they have no
+    sampler, so the callback is never called).
     """
     state = checkpoint.load(path, kind=None, map_location=device)
     kind = state.get("kind")
     if kind == checkpoint.BBDM_KIND:
         from linebridge.bbdm.sampling import colorize, from_state
 
-        net, bridge, cfg = from_state(state, weights, device)
-        steps = cfg["eval"]["sample_step"] if steps is None else steps
-        eta = sampler_eta(cfg) if eta is None else eta
-        clip = bool(cfg["eval"].get("clip_denoised", False)) if clip_denoised is None else clip_denoised
-        guidance = float(cfg["eval"].get("guidance", 1.0)) if guidance is None else guidance
-        check_sampler(steps, eta, cfg["bridge"]["num_timesteps"])
-        if guidance != 1.0 and not cfg["augment"].get("reference_dropout", 0.0):
-            raise UserError(
-                f"eval.guidance={guidance}: {path} was trained without augment.reference_dropout, so its blank-page "
-                "prediction is out of distribution; use guidance 1, or train with --set augment.reference_dropout=0.1"
-            )
+        s = (sampler or Sampler()).over(Sampler.of_checkpoint(state["config"]))
+        net, bridge, cfg = from_state(state, s.weights, device)
+        check_sampler(s.steps, s.eta, cfg["bridge"]["num_timesteps"])
 
         def fn(lineart: Tensor, ref: Tensor | None, seed: int) -> Tensor:
             ref = None if net.reference == "none" else ref
-            return colorize(
-                net,
-                bridge,
-                lineart,
-                ref,
-                steps,
-                eta,
-                deterministic,
-                seed,
-                callback=callback,
-                clip_denoised=clip,
-                guidance=guidance,
-            )
+            return colorize(net, bridge, lineart, ref, s.steps, s.eta, s.deterministic, seed, callback=callback)
 
         return fn, cfg
     if kind == checkpoint.GAN_KIND:

@@ -154,7 +154,7 @@ def main(args: argparse.Namespace) -> int:
             "sampler_from": sampler_from,
             "overrides": [*chosen, *args.overrides],
             "recipe": {k: base["train"][k] for k in ("epochs", "batch_size", "lr")},
-            "sampler": {k: base["eval"][k] for k in ("eta", "deterministic", "weights", "clip_denoised")},
+            "sampler": {k: base["eval"][k] for k in ("eta", "deterministic", "weights")},
             **result,
             "wall_seconds": time.perf_counter() - started,
         },

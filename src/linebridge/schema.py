@@ -55,10 +55,9 @@ class Jitter(Section):
 class Augment(Section):
     use_tps: bool
     tps_scale: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
-    jitter: Jitter
+    reference_jitter: Jitter
     shared_jitter: Jitter
     reference_source: Literal["self", "same_tone"]
-    reference_dropout: Fraction
 
 
 class Bridge(Section):
@@ -84,7 +83,6 @@ class Model(Section):
     scale_shift: bool
     reference_downsample: PowerOfTwo
     reference_positions: bool
-    reference_global: bool
 
 
 class Loss(Section):
@@ -92,7 +90,6 @@ class Loss(Section):
     edge_weight: NonNegFloat
     tone_weight: NonNegFloat
     edge_threshold: Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False)]
-    edge_target: Literal["objective", "reconstruction"]
     lambda_lpips: NonNegFloat
 
 
@@ -103,7 +100,7 @@ class Train(Section):
     weight_decay: NonNegFloat
     betas: Annotated[list[Fraction], Field(min_length=2, max_length=2)]
     warmup_steps: NonNegInt
-    eta_min: NonNegFloat
+    lr_min: NonNegFloat
     grad_clip: PosFloat
     ema_rate: Fraction
     ema_start: NonNegInt
@@ -129,8 +126,6 @@ class Eval(Section):
     eta: NonNegFloat
     deterministic: bool
     weights: Literal["ema", "raw"]
-    clip_denoised: bool
-    guidance: NonNegFloat
     max_per_group: NonNegInt
     sweep_steps: Annotated[list[Annotated[int, Field(ge=2)]], Field(min_length=1)]
     sweep_images: PosInt

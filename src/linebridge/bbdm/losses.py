@@ -1,9 +1,11 @@
 """Training losses: L_total = L_diff + λ_edge·L_edge + λ_lpips·L_lpips.
 
 L_diff may weight the skin-tone region more (loss.tone_weight). The edge term weights
-line pixels more, so lines stay crisp; the optional LPIPS term
-compares the reconstructed colour image with the target perceptually (VGG trunk, the
-usual choice for a training loss; its weights must be in the local cache).
+line pixels more, so lines stay crisp; like L_diff it always compares the network output
+with the bridge objective (the quantity bridge.objective names), not the reconstructed
+image. The optional LPIPS term compares the reconstructed colour image with the target
+perceptually (VGG trunk, the usual choice for a training loss; its weights must be in the
+local cache).
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ from torch import Tensor, nn
 from linebridge.bbdm.bridge import BrownianBridge, StepCallback
 from linebridge.bbdm.unet import build_model, use_channels_last
 from linebridge.config import Config
-from linebridge.data.batches import blank_reference
 
 
 def build_bridge(cfg: Config) -> BrownianBridge:
@@ -41,22 +40,13 @@ def colorize(
     batch_size: int = 64,
     progress: bool = False,
     callback: StepCallback | None = None,
-    clip_denoised: bool = False,
-    guidance: float = 1.0,
 ) -> Tensor:
     """Colour images in [-1, 1] for line art [B,1,H,W] (and references [B,3,H,W]).
 
     The reference is encoded once per batch and reused at every sampler step. Noise comes
     from a generator seeded per batch (seed + batch index), so results do not depend on
     how many batches ran before. `callback(i, x̂)` is `BrownianBridge.sample`'s, called
-    for each batch in turn with that batch's predicted target (unclamped unless `clip_denoised`,
-    which clamps x̂ to [-1, 1] at every step, see `BrownianBridge.sample`; the result is clamped either way).
-
-    `guidance` w ≠ 1 is reference guidance (classifier-free guidance with the reference as
-    the condition): each step predicts with the reference and with a blank page and moves
-    w times the difference away from the blank one, so w > 1 strengthens what the reference
-    changes. It doubles the network calls and needs a model trained with
-    augment.reference_dropout > 0 (otherwise the blank-page prediction is out of distribution).
+    for each batch in turn with that batch's predicted target (unclamped; the result is clamped).
     """
     from tqdm.auto import tqdm
 
@@ -66,34 +56,15 @@ def colorize(
         line = lineart[i : i + batch_size]
         r = None if ref is None else ref[i : i + batch_size]
         gen = torch.Generator(line.device).manual_seed(seed + k)
+        ctx = net.encode_reference(r)
         out = bridge.sample(
-            guided(net, line, r, guidance),
+            lambda x, t: net(x, t, line, r, context=ctx),
             line.expand(-1, 3, -1, -1),
             steps,
             eta=eta,
             deterministic=deterministic,
             generator=gen,
             callback=callback,
-            clip_denoised=clip_denoised,
         )
         outs.append(out.clamp(-1, 1))
     return torch.cat(outs)
-
-
-def guided(net: nn.Module, line: Tensor, ref: Tensor | None, guidance: float):
-    """`fn(x_t, t)` → the network's prediction for one batch, reference-guided when `guidance` ≠ 1.
-
-    References are encoded once here and reused at every step. Without a reference (A0)
-    there is nothing to guide, and w = 1 is the plain prediction.
-    """
-    ctx = net.encode_reference(ref)
-    if ref is None or guidance == 1.0:
-        return lambda x, t: net(x, t, line, ref, context=ctx)
-    blank = blank_reference(ref)
-    ctx_blank = net.encode_reference(blank)
-
-    def predict(x: Tensor, t: Tensor) -> Tensor:
-        free = net(x, t, line, blank, context=ctx_blank)
-        return free + guidance * (net(x, t, line, ref, context=ctx) - free)
-
-    return predict

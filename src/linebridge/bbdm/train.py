@@ -31,7 +31,6 @@ from linebridge.data.batches import (
     SameToneDonors,
     batches,
     collate,
-    drop_references,
     reference_for,
     shared_jitter,
     tone_regions,
@@ -74,7 +73,7 @@ def make_optimizer(net: nn.Module, cfg: Config, fused: bool | None = None) -> to
 def lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
     """Multiplier of train.lr after `step` optimiser steps: linear warm-up, then a cosine down to `floor`.
 
-    The floor (eta_min / lr) keeps a short run learning at its end instead of spending its last
+    The floor (train.lr_min / lr) keeps a short run learning at its end instead of spending its last
     quarter at lr ≈ 0; the warm-up keeps Adam's first, badly estimated steps small.
     """
     if step < warmup:
@@ -86,7 +85,7 @@ def lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
 def make_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
     """The per-step lr schedule of `lr_factor` over train.epochs × steps_per_epoch steps."""
     tc = cfg["train"]
-    total, floor = tc["epochs"] * steps_per_epoch, tc["eta_min"] / tc["lr"]
+    total, floor = tc["epochs"] * steps_per_epoch, tc["lr_min"] / tc["lr"]
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total, tc["warmup_steps"], floor))
 
 
@@ -133,7 +132,12 @@ def training_timesteps(n: int, T: int, high_share: float) -> Tensor:
 def diffusion_loss(
     net: nn.Module, bridge: BrownianBridge, batch: dict[str, Tensor], ref: Tensor, cfg: Config, t: Tensor, noise: Tensor
 ) -> tuple[Tensor, dict[str, float]]:
-    """L_diff + λ_edge·L_edge for one batch at given timesteps and noise."""
+    """L_diff + λ_edge·L_edge (+ λ_lpips·L_lpips) for one batch at given timesteps and noise.
+
+    L_diff and L_edge both compare the network output with the bridge objective; the edge
+    term counts the pixels on and next to a line more (`edge_weighted_l1`). Only LPIPS looks
+    at the reconstructed image.
+    """
     target, line = batch["GT"], batch["lineart"]
     source = line.expand(-1, 3, -1, -1)
     x_t, objective = bridge.q_sample(target, source, t, noise)
@@ -150,11 +154,7 @@ def diffusion_loss(
         loss = loss + lc["lambda_lpips"] * loss_lpips
         parts["loss_lpips"] = loss_lpips.detach()
     if lc["lambda_edge"] > 0:
-        if lc["edge_target"] == "reconstruction":
-            pred, goal = bridge.predict_target(x_t, source, t, out), target
-        else:
-            pred, goal = out, objective
-        loss_edge = edge_weighted_l1(pred, goal, line, lc["edge_weight"], lc["edge_threshold"])
+        loss_edge = edge_weighted_l1(out, objective, line, lc["edge_weight"], lc["edge_threshold"])
         loss = loss + lc["lambda_edge"] * loss_edge
         parts["loss_edge"] = loss_edge.detach()
     return loss, parts
@@ -265,7 +265,7 @@ def train(
                     batch["tone"] = regions[idx].to(device)
                 source = batch["GT"] if donors is None else collate(train_set, donors.pick(idx), device)["GT"]
                 batch["GT"], source = shared_jitter(batch["GT"], source, cfg)
-                ref = drop_references(reference_for(source, cfg), cfg["augment"]["reference_dropout"])
+                ref = reference_for(source, cfg)
                 t = training_timesteps(len(idx), bridge.num_timesteps, tc["t_high_share"]).to(device)
                 noise = torch.randn(batch["GT"].shape).to(device)
                 mine = ddp.my_slice(len(idx))  # the whole slice in a single process

@@ -257,7 +257,6 @@ class DualStreamUNet(nn.Module):
         scale_shift: bool = False,
         reference_downsample: int = 16,
         reference_positions: bool = False,
-        reference_global: bool = False,
     ) -> None:
         super().__init__()
         if reference not in REFERENCE_MODES:
@@ -278,11 +277,6 @@ class DualStreamUNet(nn.Module):
         self.model_channels = model_channels
         self.time_embed = nn.Sequential(nn.Linear(model_channels, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
         self.ref_encoder = ReferenceEncoder(context_dim, downsample=reference_downsample) if cross_dim else None
-        # The reference's mean token added to the time embedding reaches every res block's scale-shift: a direct
-        # path for image-wide colour (the palette, the skin tone) that needs no match by position.
-        self.ref_global = nn.Linear(context_dim, time_dim) if cross_dim and reference_global else None
-        if self.ref_global is not None and zero_init:
-            zero_(self.ref_global)
 
         def res_block(ch: int, out: int) -> ResBlock:
             return ResBlock(ch, out, time_dim, dropout, norm_groups, scale_shift, zero_init)
@@ -361,8 +355,6 @@ class DualStreamUNet(nn.Module):
         if context is None:
             context = self.encode_reference(ref)
         temb = self.time_embed(timestep_embedding(t, self.model_channels))
-        if self.ref_global is not None:
-            temb = temb + self.ref_global(context.mean(dim=1))
         h = self.input_conv(torch.cat(parts, dim=1))
         hs = [h]
         for block in self.down:
@@ -408,7 +400,6 @@ def build_model(cfg: dict[str, Any]) -> DualStreamUNet:
         scale_shift=m.get("scale_shift", False),
         reference_downsample=m.get("reference_downsample", 16),
         reference_positions=m.get("reference_positions", False),
-        reference_global=m.get("reference_global", False),
     )
 
 

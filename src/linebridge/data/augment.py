@@ -35,8 +35,8 @@ def make_reference(gt: Tensor, use_tps: bool, tps_scale: float, jitter: Mapping[
     """The training reference of each target in `gt` [B,3,H,W] in [-1, 1].
 
     `use_tps=False` (ablations A0–A2) keeps the geometry and only jitters colour.
-    `jitter` holds kornia `ColorJiggle` strengths for brightness, contrast, saturation
-    and hue (all zero or None: no jitter).
+    `jitter` (augment.reference_jitter) holds kornia `ColorJiggle` strengths for brightness,
+    contrast, saturation and hue (all zero or None: no jitter).
     """
     ref = warp(gt, tps_scale) if use_tps else gt
     jiggle = _color_jiggle(jitter)

@@ -4,8 +4,7 @@ The batch order of an epoch depends only on (seed, epoch), and validation draws 
 timesteps, noise and references under a fixed seed, so runs, resumes and loss curves are
 comparable. `reference_for` is the training reference: the target, TPS-warped and
 colour-jittered (`data.augment`); `SameToneDonors` swaps the target for another drawing
-in the same skin tone (augment.reference_source = same_tone); `drop_references` blanks a
-share of them (augment.reference_dropout) for reference guidance. `tone_regions` marks the
+in the same skin tone (augment.reference_source = same_tone). `tone_regions` marks the
 pixels that loss.tone_weight counts more.
 """
 
@@ -54,7 +53,7 @@ def reference_for(gt: Tensor, cfg: Config) -> Tensor:
     from linebridge.data.augment import make_reference  # kornia, imported on use: the GPU check runs without it
 
     a = cfg["augment"]
-    return make_reference(gt, a["use_tps"], a["tps_scale"], a["jitter"])
+    return make_reference(gt, a["use_tps"], a["tps_scale"], a["reference_jitter"])
 
 
 def shared_jitter(target: Tensor, source: Tensor, cfg: Config) -> tuple[Tensor, Tensor]:
@@ -68,24 +67,6 @@ def shared_jitter(target: Tensor, source: Tensor, cfg: Config) -> tuple[Tensor, 
     from linebridge.data.augment import jitter_pair
 
     return jitter_pair(target, source, strengths)
-
-
-def blank_reference(ref: Tensor) -> Tensor:
-    """The null reference: a white page of `ref`'s shape (white is OpenMoji's background, [-1, 1] scale)."""
-    return torch.ones_like(ref)
-
-
-def drop_references(ref: Tensor, share: float) -> Tensor:
-    """`ref` with each item replaced by the blank page with probability `share` (augment.reference_dropout).
-
-    The model then also learns the prediction without a reference, which reference guidance
-    contrasts with the one with it. The draw uses the global RNG (it replays on resume) and
-    is skipped at share 0, so runs without dropout keep their random stream.
-    """
-    if share <= 0:
-        return ref
-    drop = (torch.rand(ref.shape[0]) < share).to(ref.device).view(-1, 1, 1, 1)
-    return torch.where(drop, blank_reference(ref), ref)
 
 
 class SameToneDonors:

@@ -20,6 +20,7 @@ import csv
 import io
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,7 @@ from linebridge.io import save_with, write_atomic, write_json
 from linebridge.runs import save_sample_grid
 
 if TYPE_CHECKING:
-    from linebridge.inference import Colorizer
+    from linebridge.inference import Colorizer, Sampler
 
 TRIVIAL = ("copy-lineart", "copy-reference", "reference-with-lines")
 PSNR_CAP = 60.0  # dB: an output identical to its ground truth (e.g. copy-lineart on a black symbol) would be +inf
@@ -150,10 +151,7 @@ def evaluate(
     checkpoint: Path | None,
     cfg: dict[str, Any],
     out_dir: Path,
-    weights: str = "ema",
-    steps: int | None = None,
-    eta: float | None = None,
-    deterministic: bool = False,
+    sampler: Sampler,
     protocols: tuple[str, ...] = PROTOCOLS,
 ) -> dict[str, Any]:
     """Sample and score each protocol; writes PROTOCOL.json/.csv/.png into out_dir."""
@@ -161,13 +159,9 @@ def evaluate(
     from linebridge.inference import load_colorizer
 
     ec = cfg["eval"]
-    steps = ec["sample_step"] if steps is None else steps
-    eta = ec["eta"] if eta is None else eta
     colorizer, sampled = None, False  # sampled: a BBDM model, whose sampler settings and weights are recorded
     if name not in TRIVIAL:
-        colorizer, model_cfg = load_colorizer(
-            checkpoint, weights, steps, eta, deterministic, clip_denoised=ec["clip_denoised"], guidance=ec["guidance"]
-        )
+        colorizer, model_cfg = load_colorizer(checkpoint, sampler)
         sampled = model_cfg["model"]["family"] == "bbdm"
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -180,14 +174,12 @@ def evaluate(
         result = {
             "model": name,
             "checkpoint": shown_path(checkpoint),
-            "weights": weights if sampled else None,  # GANs keep no EMA
+            "weights": sampler.weights if sampled else None,  # GANs keep no EMA
             "protocol": protocol,
             "sampler": {
-                "steps": steps,
-                "eta": eta,
-                "deterministic": deterministic,
-                "clip_denoised": ec["clip_denoised"],
-                "guidance": ec["guidance"],
+                "steps": sampler.steps,
+                "eta": sampler.eta,
+                "deterministic": sampler.deterministic,
                 "seed": cfg["seed"],
             }
             if sampled
@@ -232,17 +224,9 @@ def validation_quality(fn, data: dict[str, dict[str, Any]], seed: int) -> dict[s
 
 def study_colorizer(path: Path, ec: dict[str, Any]) -> Colorizer:
     """The colorizer of the checkpoint at `path` under the sampler of eval section `ec` (the sweep's choice)."""
-    from linebridge.inference import load_colorizer
+    from linebridge.inference import Sampler, load_colorizer
 
-    return load_colorizer(
-        path,
-        ec["weights"],
-        ec["sample_step"],
-        ec["eta"],
-        ec["deterministic"],
-        clip_denoised=ec["clip_denoised"],
-        guidance=ec["guidance"],
-    )[0]
+    return load_colorizer(path, Sampler.from_eval(ec))[0]
 
 
 def study_quality(path: Path, cfg: dict[str, Any], data: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -266,7 +250,7 @@ def sweep(checkpoints: list[Path], cfg: dict[str, Any], out_dir: Path) -> dict[s
     steps), which every test evaluation of the study reads, so the test split is evaluated
     once, with a setting it did not choose.
     """
-    from linebridge.inference import load_colorizer
+    from linebridge.inference import Sampler, load_colorizer
 
     ec = cfg["eval"]
     data = validation_sets(cfg)
@@ -277,15 +261,7 @@ def sweep(checkpoints: list[Path], cfg: dict[str, Any], out_dir: Path) -> dict[s
             for deterministic in (False, True):
                 per_checkpoint, seconds = [], 0.0
                 for checkpoint in checkpoints:
-                    fn, _ = load_colorizer(
-                        checkpoint,
-                        weights,
-                        steps,
-                        1.0,
-                        deterministic,
-                        clip_denoised=ec["clip_denoised"],
-                        guidance=ec["guidance"],
-                    )
+                    fn, _ = load_colorizer(checkpoint, Sampler(steps, deterministic, 1.0, weights))
                     t0 = time.perf_counter()
                     per_checkpoint.append(validation_quality(fn, data, cfg["seed"]))
                     seconds += (time.perf_counter() - t0) / n_items
@@ -310,8 +286,7 @@ def sweep(checkpoints: list[Path], cfg: dict[str, Any], out_dir: Path) -> dict[s
                 )
     best = max(rows, key=lambda r: (round(r["metrics"]["psnr"], 2), -r["steps"]))
     shown = [shown_path(c) for c in checkpoints]
-    record = {"checkpoints": shown, "split": "val", "clip_denoised": ec["clip_denoised"], "guidance": ec["guidance"]}
-    write_json(out_dir / "sweep.json", {**record, "rows": rows})
+    write_json(out_dir / "sweep.json", {"checkpoints": shown, "split": "val", "rows": rows})
     over = f" (the mean over {len(checkpoints)} checkpoints)" if len(checkpoints) > 1 else ""
     choice = {
         "eval": {
@@ -423,12 +398,13 @@ def main(args: argparse.Namespace) -> int:
     if args.curve:
         curve(ckpt.parent, cfg, Path(args.out or repo_root() / "metrics" / "curve") / f"{name}.json")
         return 0
-    ec = cfg["eval"]
-    weights = args.weights or ec["weights"]
-    deterministic = ec["deterministic"] if args.deterministic is None else args.deterministic
+    from linebridge.inference import Sampler
+
+    flags = {"steps": args.steps, "eta": args.eta, "deterministic": args.deterministic, "weights": args.weights}
+    sampler = replace(Sampler.from_eval(cfg["eval"]), **{k: v for k, v in flags.items() if v is not None})
     label = name if args.weights != "raw" else f"{name}-raw"
     out = Path(args.out) if args.out else repo_root() / "metrics" / "eval" / label
-    results = evaluate(name, ckpt, cfg, out, weights, args.steps, args.eta, deterministic)
+    results = evaluate(name, ckpt, cfg, out, sampler)
     for protocol, res in results.items():
         shown = {
             k: (f"{v['mean']:.4f}" if "mean" in v else ("n/a" if v.get("unavailable") else f"{v['value']:.4f}"))
