@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,demo,dashboard]'
+	$(BIN)/python -m pip install -q -e '.[test,demo,dashboard,controlnet]'
 	touch $(STAMP)
 
 repro: $(STAMP)

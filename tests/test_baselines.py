@@ -215,6 +215,14 @@ def test_controlnet_status_without_cuda_names_the_gpu(tmp_path):
     assert status["run"] is False and "GPU" in status["reason"]
 
 
+def test_controlnet_without_its_extra_names_the_install(monkeypatch):
+    """diffusers and transformers are an optional extra: without them the colorizer says how to install them."""
+    cfg = load_config("scft", "tiny", ["baselines.controlnet.weights_dir=somewhere"])
+    monkeypatch.setattr(controlnet, "extra_installed", lambda: False)
+    with pytest.raises(UserError, match=r"pip install -e '\.\[controlnet\]'"):
+        controlnet.controlnet_colorizer(cfg, "cpu")
+
+
 def save_tiny_controlnet_weights(root: Path) -> None:
     """A randomly initialised, tiny SD + ControlNet in the layout weights_dir expects (no downloads)."""
     import json
@@ -273,6 +281,7 @@ def save_tiny_controlnet_weights(root: Path) -> None:
 
 def test_controlnet_colorizer_runs_a_tiny_random_pipeline(tmp_path):
     pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
     save_tiny_controlnet_weights(tmp_path)
     cfg = load_config(
         "scft",

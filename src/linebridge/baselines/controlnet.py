@@ -6,6 +6,9 @@ is the `fn(lineart, ref, seed)` evaluation calls when it can. Text prompt + line
 only: SD has no reference input without an adapter. Line art goes in as white lines on
 black (the line-art ControlNet's convention), upscaled to `resolution`; the output is
 resized back to data.image_size. See docs/deviations.md.
+
+diffusers and transformers are the optional extra `controlnet` (`pip install -e '.[controlnet]'`),
+not dependencies of the CPU study: they are imported only when a pipeline is built.
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ from linebridge.checkpoint import Colorizer
 from linebridge.config import Config, UserError, repo_root
 
 SD_DIR, CONTROLNET_DIR = "stable-diffusion", "controlnet"  # inside baselines.controlnet.weights_dir
+MISSING_EXTRA = "the diffusers and transformers packages are not installed: pip install -e '.[controlnet]'"
+
+
+def extra_installed() -> bool:
+    """Whether the `controlnet` extra (diffusers and transformers) is installed, without importing it."""
+    return all(importlib.util.find_spec(name) is not None for name in ("diffusers", "transformers"))
 
 
 def controlnet_weights(cfg: Config) -> Path | None:
@@ -46,8 +55,8 @@ def controlnet_status(cfg: Config) -> dict[str, Any]:
         )
     elif not torch.cuda.is_available():
         reason = "Stable Diffusion at 512² needs a CUDA GPU, and none is visible"
-    elif importlib.util.find_spec("diffusers") is None or importlib.util.find_spec("transformers") is None:
-        reason = "the diffusers and transformers packages are not installed (pip install -e .)"
+    elif not extra_installed():
+        reason = MISSING_EXTRA
     else:
         return {"run": True, "reason": ""}
     return {"run": False, "reason": f"ControlNet not run: {reason}."}
@@ -59,6 +68,8 @@ def controlnet_colorizer(cfg: Config, device: torch.device | str | None = None) 
     Check `controlnet_status` first: this builds the pipeline on any device (tests run a
     tiny random one on the CPU). Noise comes from a generator seeded per batch (seed + k).
     """
+    if not extra_installed():
+        raise UserError(f"ControlNet: {MISSING_EXTRA}")
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
     c, root = cfg["baselines"]["controlnet"], controlnet_weights(cfg)
