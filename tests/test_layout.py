@@ -52,8 +52,8 @@ def test_stage_deps_cover_the_modules_its_command_imports(stage):
 
 
 def test_sweep_scores_every_study_seed():
-    """The sampler is chosen on the mean over A3's training seeds (study.seeds): the stage re-runs when they change
-    and runs after every training run."""
+    """The sampler is chosen on the mean over A3's training seeds (its runs in study.runs): the stage re-runs when
+    they change and runs after every training run."""
     from dvc.repo import Repo
 
     with Repo(str(REPO)) as repo:
@@ -61,7 +61,7 @@ def test_sweep_scores_every_study_seed():
         params = {key for dep in stage.deps if hasattr(dep, "params") for key in dep.params}
         deps = [d.def_path for d in stage.deps]
         trains = [s for s in repo.index.stages if s.addressing.startswith("train@")]
-    assert stage.cmd.split()[-1] == "--seeds" and "study.seeds" in params
+    assert stage.cmd.split()[-1] == "--seeds" and "study.runs" in params
     assert all(any(Path(o.def_path).is_relative_to(d) for d in deps for o in t.outs) for t in trains)
 
 

@@ -32,11 +32,12 @@ METRICS = {
     "cross_gt": ["psnr", "ssim", "delta_e", "delta_e_tone", "tint_rate"],
 }
 STUDY = {
-    "arms": ["A0", "A3", "A4"],
-    "seeds": [0, 1, 2],
-    "minor_arms": ["A3r"],
-    "minor_seeds": [0, 1],
-    "old_recipe": "A3old",
+    "runs": {
+        **{f"{arm}-s{seed}": arm for arm in ("A0", "A3", "A4") for seed in (0, 1, 2)},
+        **{f"A3r-s{seed}": "A3r" for seed in (0, 1)},
+        "A3old-s0": "A3old",
+    },
+    "curves": ["A3-s0", "A3old-s0"],
     "baselines": ["pix2pix"],
     "trivial": ["copy-lineart"],
     "contrasts": [
@@ -291,7 +292,7 @@ def set_study(root: Path, **changes) -> None:
 def test_method_targets_and_descriptions_come_from_params_and_experiments(tree):
     """The method, its targets and the arm descriptions are read from the study's files, not written in code."""
     target = {"metric": "self.tint_rate", "op": "<=", "value": 0.25, "of": "copy-lineart"}
-    set_study(tree, method="A4", reference_arm="A3", targets=[target])
+    set_study(tree, method="A4", reference_arm="A3", targets=[target], curves=["A4-s0", "A3old-s0"])
     experiment = yaml.safe_load((tree / "experiments" / "A4.yaml").read_text())
     experiment["description"] = "a synthetic arm described only here"
     (tree / "experiments" / "A4.yaml").write_text(yaml.safe_dump(experiment))
@@ -300,7 +301,7 @@ def test_method_targets_and_descriptions_come_from_params_and_experiments(tree):
     assert "| self tint ≤ 0.25 × copy-lineart's |" in text
     assert "A4 = a synthetic arm described only here;" in text
     assert "- Cross-reference colour transfer: A4 tone-region ΔE00" in text and " vs A3 " in text
-    assert "| new recipe | A4-s0 |" in text  # the learning-efficiency comparison follows the method too
+    assert "| new recipe | A4-s0 |" in text  # the learning-efficiency comparison follows study.curves
 
 
 def test_targets_compare_with_the_named_run_and_a_fraction_of_it(tree):
@@ -322,7 +323,9 @@ def test_targets_compare_with_the_named_run_and_a_fraction_of_it(tree):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"method": "A9"}, "study.method=A9: not one of study.arms"),
+        ({"method": "A9"}, "study.method=A9: not an arm of study.runs"),
+        ({"runs": {"A0-s0": "A3"}}, "study.runs.A0-s0: a run of A3 is named A3-sSEED"),
+        ({"curves": ["A9-s0", "A3old-s0"]}, "study.curves: A9-s0 is not one of study.runs"),
         ({"reference_arm": "A9"}, "study.reference_arm=A9: not a run of the study"),
         ({"targets": [{"metric": "self.psnr", "op": "<", "value": 1, "of": "scft"}]}, "study.targets.0.of=scft"),
         ({"targets": [{"metric": "self.psnr", "op": "=", "value": 1}]}, "study.targets.0.op"),

@@ -156,10 +156,8 @@ def run_name(arm: str, seed: int) -> str:
 
 
 def study_runs(study: Config) -> list[str]:
-    """Every BBDM run the study trains, as ARM-sSEED: arms × seeds, minor arms × minor seeds, the old recipe."""
-    runs = [run_name(arm, seed) for arm in study["arms"] for seed in study["seeds"]]
-    runs += [run_name(arm, seed) for arm in study["minor_arms"] for seed in study["minor_seeds"]]
-    return runs + [run_name(study["old_recipe"], study["seeds"][0])]
+    """Every BBDM run the study trains, as ARM-sSEED, in the order of params.yaml `study.runs`."""
+    return list(study["runs"])
 
 
 def flatten(cfg: Config, prefix: str = "") -> dict[str, Any]:

@@ -8,6 +8,7 @@ The configuration itself is left as written (validation only, strict types: "8" 
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -266,11 +267,8 @@ class Target(Section):
 class Study(Section):
     """params.yaml `study`: the runs `dvc repro` makes and the questions, controls and targets the report checks."""
 
-    arms: Annotated[list[str], Field(min_length=1)]
-    seeds: Annotated[list[NonNegInt], Field(min_length=1)]
-    minor_arms: list[str]
-    minor_seeds: list[NonNegInt]
-    old_recipe: str
+    runs: Annotated[dict[str, str], Field(min_length=1)]
+    curves: list[str]
     baselines: list[str]
     trivial: list[str]
     contrasts: list[Contrast]
@@ -284,10 +282,18 @@ class Study(Section):
 
     @model_validator(mode="after")
     def known_arms(self) -> Study:
-        """The method, the reference arm and every arm a target compares with are runs of the study."""
-        if self.method not in self.arms:
-            raise ValueError(f"study.method={self.method}: not one of study.arms {self.arms}")
-        names = [*self.arms, *self.minor_arms, self.old_recipe, *self.baselines, *self.trivial]
+        """Runs are ARM-sSEED of their experiment; the method, the reference arm, every arm a target compares with
+        and every curve are runs of the study."""
+        for run, arm in self.runs.items():
+            if not re.fullmatch(rf"{re.escape(arm)}-s\d+", run):
+                raise ValueError(f"study.runs.{run}: a run of {arm} is named {arm}-sSEED (e.g. {arm}-s0)")
+        arms = list(dict.fromkeys(self.runs.values()))
+        if self.method not in arms:
+            raise ValueError(f"study.method={self.method}: not an arm of study.runs ({', '.join(arms)})")
+        for curve in self.curves:
+            if curve not in self.runs:
+                raise ValueError(f"study.curves: {curve} is not one of study.runs")
+        names = [*arms, *self.baselines, *self.trivial]
         if self.reference_arm not in names:
             raise ValueError(f"study.reference_arm={self.reference_arm}: not a run of the study ({', '.join(names)})")
         for i, target in enumerate(self.targets):

@@ -357,7 +357,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="with --sweep: score every setting on these training seeds of the experiment's arm "
-        "(outputs/train/ARM-sN) and choose on their mean; without numbers: params.yaml study.seeds",
+        "(outputs/train/ARM-sN) and choose on their mean; without numbers: the arm's runs in params.yaml study.runs",
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
@@ -388,7 +388,8 @@ def main(args: argparse.Namespace) -> int:
         checkpoints = [ckpt]
         if args.seeds is not None:
             arm = split_run_name(name, repo_root())[0]
-            seeds = args.seeds or read_yaml(repo_root() / "params.yaml")["study"]["seeds"]
+            runs = read_yaml(repo_root() / "params.yaml")["study"]["runs"]  # ARM-sSEED → ARM
+            seeds = args.seeds or [split_run_name(run, repo_root())[1] for run, of in runs.items() if of == arm]
             checkpoints = [repo_root() / "outputs" / "train" / run_name(arm, s) / "best.pt" for s in seeds]
             missing = [str(c) for c in checkpoints if not c.exists()]
             if missing:

@@ -64,14 +64,10 @@ def headline(cfg: dict[str, Any], study: dict[str, Any], targets: list[dict], pr
 
 def header(root: Path, cfg: dict[str, Any], study: dict[str, Any], info: dict[str, Any]) -> list[str]:
     """Where the numbers come from: commit, profile, seeds per arm, data and the evaluated subset."""
-    seed_text = "; ".join(
-        f"{', '.join(arms)}: seeds {', '.join(map(str, seeds))}"
-        for arms, seeds in (
-            (study["arms"], study["seeds"]),
-            (study["minor_arms"], study["minor_seeds"]),
-            ([study["old_recipe"]], study["seeds"][:1]),
-        )
-    )
+    by_seeds: dict[tuple[int, ...], list[str]] = {}
+    for arm, seeds in arm_seeds(study).items():
+        by_seeds.setdefault(tuple(seeds), []).append(arm)
+    seed_text = "; ".join(f"{', '.join(arms)}: seeds {', '.join(map(str, s))}" for s, arms in by_seeds.items())
     return [
         "Written by the `report` stage of `dvc repro` (`make repro`) from files the other stages wrote; "
         f"code at commit `{git_commit(root, short=True)}` (the commit before the one that records these results), "

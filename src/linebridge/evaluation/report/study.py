@@ -37,9 +37,8 @@ def arm_runs(study: dict[str, Any]) -> dict[str, list[str]]:
 
 
 def seed0(study: dict[str, Any]) -> dict[str, str]:
-    """Arm → the run the figures show: the first-seed run of seeded arms, the only run of baselines."""
-    first = study["seeds"][0]
-    shown = {arm: run_name(arm, first) for arm, seeds in arm_seeds(study).items() if first in seeds}
+    """Arm → the run the figures show: the lowest-seed run of seeded arms, the only run of baselines."""
+    shown = {arm: run_name(arm, min(seeds)) for arm, seeds in arm_seeds(study).items()}
     return {**shown, **{name: name for name in study["baselines"]}}
 
 

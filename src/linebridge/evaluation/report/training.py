@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from linebridge.config import run_name, study_runs
+from linebridge.config import study_runs
 from linebridge.evaluation.report.fmt import minutes, show, table
 from linebridge.evaluation.report.read import Curves, read_history, read_json, train_file
 
@@ -96,9 +96,8 @@ def curve_rows(root: Path, run: str) -> list[dict[str, Any]]:
 
 
 def efficiency_curves(root: Path, study: dict[str, Any]) -> Curves:
-    """The validation curves of the method's first-seed run (the new recipe) and of the old recipe's run."""
-    first = study["seeds"][0]
-    new, old = run_name(study["method"], first), run_name(study["old_recipe"], first)
+    """The validation curves of `study.curves`: the recipe's run first, the old recipe's run second."""
+    new, old = study["curves"]
     return {"new recipe": (new, curve_rows(root, new)), "old recipe": (old, curve_rows(root, old))}
 
 
