@@ -9,6 +9,7 @@ with an empty tone region) are dropped and the number actually used is returned.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -148,6 +149,15 @@ def _as_runs(x: Sequence | np.ndarray, name: str) -> np.ndarray:
 METHODS = ("behrens_fisher", "min_df", "satterthwaite")
 
 
+@functools.lru_cache(maxsize=256)
+def _chi2_quantiles(dfs: tuple[int, ...], n_points: int) -> np.ndarray:
+    """Chi-square quantiles of each df at a fixed scrambled Sobol point set: the same for every call with these dfs
+    (cached: the size-and-power simulation calls the test thousands of times)."""
+    points = stats.qmc.Sobol(len(dfs), scramble=True, seed=12345).random(n_points)
+    points = np.clip(points, 1e-12, 1 - 1e-12)
+    return np.stack([stats.chi2.ppf(points[:, k], d) for k, d in enumerate(dfs)])
+
+
 def _behrens_fisher_tail(components: list[tuple[float, int]], n_points: int = 2**13):
     """c ↦ P(|Σ_k sqrt(v_k) T_k| ≥ c) for independent Student t variables T_k with d_k degrees of freedom.
 
@@ -155,11 +165,10 @@ def _behrens_fisher_tail(components: list[tuple[float, int]], n_points: int = 2*
     Σ v_k d_k / W_k, so the tail is the average of normal tails over W drawn on a fixed scrambled Sobol point set
     (deterministic, smooth in c).
     """
-    points = stats.qmc.Sobol(len(components), scramble=True, seed=12345).random(n_points)
-    points = np.clip(points, 1e-12, 1 - 1e-12)
+    quantiles = _chi2_quantiles(tuple(d for _, d in components), n_points)
     scale2 = np.zeros(n_points)
     for k, (v, d) in enumerate(components):
-        scale2 += v * d / stats.chi2.ppf(points[:, k], d)
+        scale2 += v * d / quantiles[k]
     inv_scale = 1.0 / np.sqrt(scale2)
     return lambda c: float(np.mean(special.erfc(c * inv_scale / np.sqrt(2.0))))
 
@@ -174,6 +183,7 @@ def seed_group_contrast(
     level: float = 0.95,
     p_floor: float = 1e-4,
     method: str = "behrens_fisher",
+    ref_groups: Sequence | np.ndarray | None = None,
 ) -> dict:
     """One contrast between two arms, b − a, with training seeds and image groups as the units of inference.
 
@@ -197,7 +207,16 @@ def seed_group_contrast(
     the estimate, averaged over seeds, divided by n_groups: drawing-to-drawing variance; n_groups − 1 degrees of
     freedom). This is the method-of-moments form of a crossed random-effects model (seeds × groups, every seed
     evaluated on every image); the residual seed × group variance enters both components, so the standard error is
-    slightly conservative. The reference distribution (`method`):
+    slightly conservative.
+
+    Crossed clusters: on a cross-reference protocol an item is (line drawing, reference drawing), and both repeat
+    across items. With `ref_groups` (one reference-drawing label per image) the drawing component becomes the two-way
+    clustered variance of Cameron, Gelbach & Miller (2011): V_line + V_ref − V_line×ref, each the spread of the
+    linearised contributions over that factor's clusters (the intersection clusters are the (line, reference) pairs);
+    its df is min(G_line, G_ref) − 1. Should the difference come out below max(V_line, V_ref) − which happens only by
+    chance − the larger one-way variance is used instead, so the crossed variance never undercuts either one-way one.
+
+    The reference distribution (`method`):
 
     - "behrens_fisher" (default): the estimate's error is taken as Σ_k sqrt(v_k) T_k with T_k Student t on the
       component's own degrees of freedom (the Behrens–Fisher construction extended to several components, evaluated
@@ -245,6 +264,7 @@ def seed_group_contrast(
             "(pass paired=False for independent seed lists)"
         )
     codes = _group_codes(groups, a.shape[1])
+    ref_codes = None if ref_groups is None else _group_codes(ref_groups, a.shape[1])
     if paired:
         keep = _finite_mask(a, b)
         a, b = np.where(keep, a, np.nan), np.where(keep, b, np.nan)
@@ -256,7 +276,12 @@ def seed_group_contrast(
         a, b = a[~np.isnan(a).all(axis=1)], b[~np.isnan(b).all(axis=1)]
         col = _finite_mask(*a, *b) if len(a) and len(b) else np.zeros(a.shape[1], bool)
         sides = [(b, 1.0), (a, -1.0)]
-    codes = np.unique(codes[col], return_inverse=True)[1].reshape(-1)
+    factors = {"line": codes[col]}
+    if ref_codes is not None:
+        factors["ref"] = ref_codes[col]
+        factors["pair"] = factors["line"] * (int(ref_codes.max()) + 1) + factors["ref"]
+    factors = {k: np.unique(c, return_inverse=True)[1].reshape(-1) for k, c in factors.items()}
+    codes = factors["line"]
     sides = [(x[:, col], sign) for x, sign in sides]
     a, b = a[:, col], b[:, col]
     n_images, n_groups = int(col.sum()), (int(codes.max()) + 1 if col.any() else 0)
@@ -272,22 +297,35 @@ def seed_group_contrast(
     if n_images == 0 or min(seed_counts) == 0:
         return result
 
-    effect, group_part, components = 0.0, np.zeros(n_groups), []
-    sums_counts = []
+    effect, components, sums_counts = 0.0, [], []
+    n_clusters = {k: int(c.max()) + 1 for k, c in factors.items()}
+    cluster_var = dict.fromkeys(factors, 0.0)
     for x, sign in sides:
         sums, counts = _group_sums(x, codes, n_groups)
         sums_counts.append((sums, counts, sign))
         seed_means = sums.sum(1) / counts.sum(1)
         effect += sign * seed_means.mean()
-        # Linearised contribution of group g to seed s's ratio mean: (T_sg − m_s N_sg) / (N_s / G).
-        z = (sums - seed_means[:, None] * counts) / (counts.sum(1, keepdims=True) / n_groups)
-        group_part += sign * z.mean(0)
         if len(seed_means) >= 2:
             components.append((seed_means.var(ddof=1) / len(seed_means), len(seed_means) - 1))
+    for name, fcodes in factors.items():
+        g = n_clusters[name]
+        part = np.zeros(g)
+        for x, sign in sides:
+            sums, counts = _group_sums(x, fcodes, g)
+            seed_means = sums.sum(1) / counts.sum(1)
+            # Linearised contribution of cluster g to seed s's ratio mean: (T_sg − m_s N_sg) / (N_s / G).
+            part += sign * ((sums - seed_means[:, None] * counts) / (counts.sum(1, keepdims=True) / g)).mean(0)
+        cluster_var[name] = float(part.var(ddof=1) / g) if g >= 2 else 0.0
     result["var_seed"] = float(sum(v for v, _ in components))
-    if n_groups >= 2:
-        components.append((group_part.var(ddof=1) / n_groups, n_groups - 1))
-        result["var_group"] = float(components[-1][0])
+    if ref_codes is not None:
+        result["n_ref_groups"] = n_clusters["ref"]
+        if min(n_groups, n_clusters["ref"]) >= 2:
+            crossed = cluster_var["line"] + cluster_var["ref"] - cluster_var["pair"]
+            result["var_group"] = max(crossed, cluster_var["line"], cluster_var["ref"])
+            components.append((result["var_group"], min(n_groups, n_clusters["ref"]) - 1))
+    elif n_groups >= 2:
+        result["var_group"] = cluster_var["line"]
+        components.append((cluster_var["line"], n_groups - 1))
 
     mean_a = np.nanmean(a, axis=1)
     mean_b = np.nanmean(b, axis=1)
