@@ -263,7 +263,7 @@ class TrainingRun:
                 self.epoch,
             )
             if sample is not None and (self.epoch % tc["sample_every"] == 0 or self.epoch == self.epochs):
-                tracking.log_image(sample(self.paths.out / "samples" / f"epoch_{self.epoch:03d}.png"))
+                tracking.log_file(sample(self.paths.out / "samples" / f"epoch_{self.epoch:03d}.png"), "samples")
         if main and (self.epoch % tc["checkpoint_every"] == 0 or self.epoch == self.epochs or self.stopped_early):
             state = {
                 "kind": self.kind,
@@ -312,5 +312,6 @@ class TrainingRun:
             from linebridge import tracking
 
             tracking.log_metrics({"best_val_loss": best["val_loss"]}, self.epoch)
+            tracking.log_file(self.paths.best, "checkpoint")  # once per run: a tracking server's clients get the model
             tracking.end_run()
         return summary

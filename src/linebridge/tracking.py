@@ -1,4 +1,4 @@
-"""MLflow plumbing: one URI resolution, run tags, batched metric logging.
+"""MLflow plumbing: one URI resolution, run tags, batched metric logging, artifact files.
 
 `import mlflow` costs seconds, so it happens only inside these functions.
 """
@@ -91,10 +91,11 @@ def log_to_run(run_id: str, metrics: dict[str, float]) -> bool:
     return True
 
 
-def log_image(path: Path, artifact_path: str = "samples") -> None:
+def log_file(path: Path, folder: str) -> None:
+    """One file into the active run's artifact store under `folder` (a served store uploads it over HTTP)."""
     import mlflow
 
-    mlflow.log_artifact(str(path), artifact_path)
+    mlflow.log_artifact(str(path), folder)
 
 
 def end_run(status: str = "FINISHED") -> None:
