@@ -108,12 +108,12 @@ def test_sweep_rows(in_study, trained, tmp_path):
         (w, s, kind) for w in ("ema", "raw") for s in (10, 5) for kind in ("eta=1", "deterministic")
     ]
     assert all(r["seconds_per_image"] > 0 and r["n_images"] == {"self": 4, "cross_gt": 4} for r in rows)
-    # the choice is one of the rows (which one: the test below), and evaluation reads it back
+    # the choice is one of the rows (which one: the test below); written into `eval`, evaluation uses it
     choice = yaml.safe_load((out / "choice.yaml").read_text())["eval"]
     chosen = (choice["sample_step"], choice["weights"], choice["deterministic"])
     assert chosen in [(r["steps"], r["weights"], r["deterministic"]) for r in rows]
     evaluated = tmp_path / "chosen"
-    args = ["evaluate", "--experiment", "A3", "--profile", "tiny", "--choice", str(out / "choice.yaml")]
+    args = ["evaluate", "--experiment", "A3", "--profile", "tiny", *(f"--set=eval.{k}={v}" for k, v in choice.items())]
     assert cli_main([*args, "--out", str(evaluated), "--no-mlflow"]) == 0
     sampler = json.loads((evaluated / "self.json").read_text())["sampler"]
     assert (sampler["steps"], sampler["deterministic"]) == (choice["sample_step"], choice["deterministic"])

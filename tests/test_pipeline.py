@@ -5,6 +5,7 @@ Real git, real DVC, real MLflow store (resolved from DVC_ROOT), real OpenMoji im
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -23,6 +24,8 @@ TINY_RUNS = {
     "A0-s1": "A0",
     "A3-s0": "A3",
     "A3-s1": "A3",
+    "A5-s0": "A5",
+    "A5-s1": "A5",
     "A3r-s0": "A3r",
     "A3r-s1": "A3r",
     "A3old-s0": "A3old",
@@ -45,10 +48,12 @@ def study(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     (root / "metrics").mkdir()
     shutil.copy(REPO / "metrics" / "tune.json", root / "metrics" / "tune.json")  # `make tune`'s committed result
     shutil.copy(REPO / "metrics" / "objectives.json", root / "metrics" / "objectives.json")  # `make objectives`'
+    shutil.copytree(REPO / "metrics" / "sweep", root / "metrics" / "sweep")  # the sampler sweep's record
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["profile"] = "tiny"
     params["study"]["runs"] = TINY_RUNS  # fewer runs: the same stages, each family with fewer items
+    params["study"]["power_seeds"], params["study"]["power_sims"] = [2], 10  # the power stage in seconds
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
     bindir = str(Path(sys.executable).parent)
     env = {
@@ -106,8 +111,11 @@ def test_report_has_every_row_and_column(study):
         "## Attribution",
     ):
         assert section in report
-    first = params["study"]["contrasts"][0]
-    assert f"| {first['b']} − {first['a']} |" in report and "Holds:" in report
+    first = params["study"]["primary"][0]
+    row = next(line for line in report.splitlines() if line.startswith(f"| {first['b']} − {first['a']} |"))
+    assert "not run" not in row and "Holds:" in report
+    power = report.split("### Size and power of the test at this design")[1].split("##")[0]
+    assert "| 2 | behrens fisher |" in power  # the power stage simulated the first question at 2 seeds
     for fig in (
         "samples.png",
         "loss_curves.png",
@@ -146,3 +154,18 @@ def test_notebook_runs_top_to_bottom(study, monkeypatch):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any("A3" in str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+
+
+def test_a_run_added_later_leaves_every_other_run_up_to_date(study):
+    """No stage waits on all trainings: a new run in study.runs makes its own two stages and the report to do."""
+    root, env = study
+    params_file = root / "params.yaml"
+    before = params_file.read_text()
+    params = yaml.safe_load(before)
+    params["study"]["runs"]["A0-s2"] = "A0"
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
+    try:
+        status = json.loads(sh(["dvc", "status", "--json"], root, env))
+    finally:
+        params_file.write_text(before)
+    assert set(status) == {"train@A0-s2", "evaluate@A0-s2", "report"}, status

@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 GROUPS = [f"g{g:02d}" for g in range(12) for _ in range(3)]  # 12 drawings, 3 variants each
 IDS = [f"{g}-{k}" for g, k in zip(GROUPS, [0, 1, 2] * 12)]  # already in sorted order
-LOOKUP = dict(zip(IDS, GROUPS))
+REFS = [GROUPS[(k * 5 + 7) % len(GROUPS)] for k in range(len(GROUPS))]  # cross_gt: reference drawings, crossed
+LOOKUP = {"self": {i: (g, g) for i, g in zip(IDS, GROUPS)}, "cross_gt": dict(zip(IDS, zip(GROUPS, REFS)))}
 METRICS = {
     "self": ["psnr", "ssim", "delta_e", "delta_e_background", "delta_e_lines", "delta_e_interior", "tint_rate"],
     "cross_gt": ["psnr", "ssim", "delta_e", "delta_e_tone", "tint_rate"],
@@ -40,12 +41,15 @@ STUDY = {
     "curves": ["A3-s0", "A3old-s0"],
     "baselines": ["pix2pix"],
     "trivial": ["copy-lineart"],
-    "contrasts": [
-        {"a": "A0", "b": "A3", "metric": "cross_gt.delta_e_tone"},
-        {"a": "A3", "b": "A4", "metric": "cross_gt.delta_e_tone"},
-        {"a": "A0", "b": "A4", "metric": "self.psnr"},
+    "primary": [
+        {"a": "A0", "b": "A3", "metric": "cross_gt.delta_e_tone", "margin": 1.0},
+        {"a": "A3", "b": "A4", "metric": "cross_gt.delta_e_tone", "margin": 1.0},
+        {"a": "A0", "b": "A4", "metric": "self.psnr", "margin": 0.5},
     ],
-    "secondary": ["self.ssim"],
+    "secondary": {"contrasts": [{"a": "A3", "b": "A3old", "metric": "self.psnr"}], "metrics": ["self.ssim"]},
+    "verdict_reference": "behrens_fisher",
+    "power_seeds": [3, 4],
+    "power_sims": 20,
     "null_control": {"a": "A3", "b": "A3r", "metric": "cross_gt.delta_e_tone"},
     "alpha": 0.05,
     "convergence_gain": 0.02,
@@ -61,8 +65,8 @@ STUDY = {
 SHIFT = {"A0": 10.0, "A3": -3.0, "A4": -2.9, "A3r": -3.0, "A3old": -1.0, "pix2pix": 1.0, "copy-lineart": 5.0}
 
 
-def lookup(protocol: str) -> dict[str, str]:
-    return LOOKUP
+def lookup(protocol: str) -> dict[str, tuple[str, str]]:
+    return LOOKUP[protocol]
 
 
 def values(arm: str, seed: int, protocol: str, metric: str) -> np.ndarray:
@@ -113,38 +117,44 @@ def matrix(arm: str, seeds: list[int], spec: str) -> np.ndarray:
 
 def test_contrast_numbers_equal_a_direct_seed_group_contrast(tree):
     rows = primary_contrasts(tree, STUDY, lookup)
-    for row, spec in zip(rows, STUDY["contrasts"]):
-        expected = seed_group_contrast(
-            matrix(spec["a"], [0, 1, 2], spec["metric"]), matrix(spec["b"], [0, 1, 2], spec["metric"]), GROUPS
-        )
+    for row, spec in zip(rows, STUDY["primary"]):
+        crossed = spec["metric"].startswith("cross_gt")  # reference drawings differ from the line drawings there
+        a, b = (matrix(arm, [0, 1, 2], spec["metric"]) for arm in (spec["a"], spec["b"]))
+        refs = REFS if crossed else None
+        expected = seed_group_contrast(a, b, GROUPS, ref_groups=refs)
+        min_df = seed_group_contrast(a, b, GROUPS, ref_groups=refs, method="min_df", n_boot=0)
         got = row["result"]
         for key in ("effect", "low", "high", "p_value", "seed_sd"):
             assert got[key] == pytest.approx(expected[key]), key
+            assert row["other"][key] == pytest.approx(min_df[key]), key
         assert got["seed_effects"] == pytest.approx(expected["seed_effects"])
         assert (got["n_seeds"], got["n_images"], got["n_groups"]) == (3, 36, 12)
+        assert got.get("n_ref_groups") == (12 if crossed else None)
     text, errors = build_report(tree, groups=lookup)
     assert not errors
     first = rows[0]
     assert fmt.effect_ci(first["result"], "delta_e_tone") in text
-    assert "3 seeds × 36 images (12 groups)" in text
+    assert "3 seeds × 36 images (12 drawings × 12 reference drawings)" in text
+    assert "3 seeds × 36 images (12 drawings)" in text
     assert "A3 lowers cross_gt ΔE00 tone by" in text
     assert "per-seed effects; seed SD" in text and "s0 " in text
 
 
 def test_holm_runs_over_the_primary_contrasts_together(tree):
     rows = primary_contrasts(tree, STUDY, lookup)
-    raw = {str(i): r["result"]["p_value"] for i, r in enumerate(rows)}
-    adjusted = holm(raw)
-    for i, row in enumerate(rows):
-        assert row["p_holm"] == pytest.approx(adjusted[str(i)])
-        assert row["p_holm"] >= row["result"]["p_value"]
-        assert row["significant"] == (row["p_holm"] < STUDY["alpha"])
+    for key in ("result", "other"):  # Holm under each reference distribution on its own
+        adjusted = holm({str(i): r[key]["p_value"] for i, r in enumerate(rows)})
+        for i, row in enumerate(rows):
+            assert row[key]["p_holm"] == pytest.approx(adjusted[str(i)])
+            assert row[key]["p_holm"] >= row[key]["p_value"]
+    for row in rows:
+        assert row["significant"] == (row["result"]["p_holm"] < STUDY["alpha"])
     # A0 → A3 moves tone ΔE00 by 13 (far beyond the noise): p sits at the method's floor and prints as a bound.
     big = rows[0]
     assert big["result"]["p_value"] == big["result"]["p_floor"] and big["significant"]
     text, _ = build_report(tree, groups=lookup)
     assert format_p(big["result"]["p_value"], big["result"]["p_floor"]).startswith("≤")
-    assert f"| {format_p(big['p_holm'], big['p_holm'])} |" in text
+    assert f"| {format_p(big['result']['p_holm'], big['result']['p_holm'])} |" in text
     assert "significant after Holm" in text
 
 
@@ -184,7 +194,7 @@ def test_missing_files_give_not_run_lines(tree):
     assert not errors  # the null control does not need A4
     assert "| A4 − A3 | cross_gt ΔE00 tone↓ | not run: missing metrics/eval/A4-s2/cross_gt.csv |" in text
     rows = primary_contrasts(tree, STUDY, lookup)
-    assert "p_holm" not in rows[1] and len([r for r in rows if "p_holm" in r]) == 2  # Holm over what ran
+    assert "result" not in rows[1] and len([r for r in rows if "p_holm" in r.get("result", {})]) == 2  # what ran
     for line in (
         "not run (no metrics/sweep/sweep.json).",
         "| A3-s0 | not run |",
@@ -247,7 +257,10 @@ def test_sweep_choice_curves_and_targets(tree):
         (tree / "metrics" / "curve" / f"{run}.json").write_text(json.dumps({"run": run, "split": "val", "rows": rows}))
     text, _ = build_report(tree, groups=lookup)
     assert "| 20 | eta=1 (ancestral) | raw | 0.100 | 20.00 [19.00, 21.00] | — | 9.00 | — | — | 8 |" in text
-    assert "**Chosen**: 20 steps, η = 1.0, deterministic = True, ema weights — rule: best PSNR" in text
+    # the study's sampler is params.yaml eval (2 deterministic steps, EMA); the sweep's other choice is flagged
+    assert "**The study's sampler** (params.yaml `eval`): 2 steps, η = 1.0, deterministic = True, ema weights" in text
+    assert "The sweep above chose 20 steps, η = 1.0, deterministic = True, ema weights (rule: best PSNR)" in text
+    assert "**not the study's sampler**" in text
     assert "| new recipe | A3-s0 | 2 | 2.0 | 23.00 | 8.00 | 5.0 % |" in text
     assert "| old recipe | A3old-s0 | 1 | 1.0 | 20.00 | 9.00 | 5.0 % |" in text
     assert (tree / "reports" / "figures" / "learning_efficiency.png").stat().st_size > 1000
@@ -367,3 +380,19 @@ def test_every_table_pads_a_short_row_with_empty_cells():
         "| x | 1 | 2 |",
         "| y | not run | |",
     ]
+
+
+def test_not_significant_reads_within_margin_or_inconclusive(tree):
+    """A4 − A3 on tone is 0.1 ΔE00 plus noise: inside a margin of 1, but not provably inside one of 0.01."""
+    wide = primary_contrasts(tree, STUDY, lookup)[1]
+    assert not wide["significant"] and wide["equivalent"]
+    assert -1.0 < wide["tost"]["low"] < wide["tost"]["high"] < 1.0
+    narrow_study = {**STUDY, "primary": [{**STUDY["primary"][1], "margin": 0.01}]}
+    narrow = primary_contrasts(tree, narrow_study, lookup)[0]
+    assert not narrow["significant"] and not narrow["equivalent"]
+    text, _ = build_report(tree, groups=lookup)
+    assert "within ± 1" in text and "→ within ± 1" in text
+    assert "minimum df" in text
+    set_study(tree, primary=narrow_study["primary"])
+    text, _ = build_report(tree, groups=lookup)
+    assert "**inconclusive**" in text

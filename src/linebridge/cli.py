@@ -25,6 +25,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("demo", "linebridge.demo", "try the checkpoints in the browser: upload or pick line art, watch the bridge's path"),
     ("tune", "linebridge.tuning.study", "Optuna study of lambda_edge and TPS strength for the full method (A3)"),
     ("objectives", "linebridge.objectives", "train A3 under each bridge objective (grad, noise, ysubx) and compare"),
+    ("power", "linebridge.evaluation.power", "size and power of the contrast test at a design, by simulation"),
     ("report", "linebridge.evaluation.report", "write reports/ablation.md from the evaluated runs"),
     ("bench", "linebridge.bench", "benchmark training steps and sampling against the machine's matmul peak"),
 ]

@@ -93,7 +93,7 @@ def find_examples(prepared: Path, per_protocol: int = EXAMPLES_PER_PROTOCOL) -> 
             item = Example(
                 protocol,
                 row["id"],
-                prepared / "line" / f"{row['id']}.png",
+                prepared / "line" / f"{row['gt']}.png",
                 prepared / "protocols" / protocol / "ref" / f"{row['id']}.png",
                 prepared / "colour" / f"{row['gt']}.png",
             )

@@ -31,7 +31,6 @@ from linebridge.config import (
     load_config,
     load_tuned_config,
     repo_root,
-    tuned_overrides,
 )
 from linebridge.io import write_json
 from linebridge.tracking import git_commit
@@ -103,12 +102,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--steps", nargs="+", type=int, default=None, help="sampler steps to score (default: the study's, and 10)"
     )
-    parser.add_argument(
-        "--choice",
-        default="metrics/sweep/choice.yaml",
-        metavar="CHOICE_YAML",
-        help="the sampler the study chose on validation (params.yaml eval.* when absent)",
-    )
     parser.add_argument("--runs", default="outputs/objectives", help="checkpoint folder, one run per objective-seed")
     parser.add_argument("--out", default="metrics/objectives.json", help="JSON the report reads")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the trainings to MLflow")
@@ -119,16 +112,12 @@ def main(args: argparse.Namespace) -> int:
     from linebridge.runs import TrainingDiverged
 
     root = repo_root()
-    choice = root / args.choice
-    chosen = [o for o in tuned_overrides(choice) if o.startswith("eval.")]
-    sampler_from = str(args.choice) if chosen else f"params.yaml eval.* (no {args.choice})"
-    print(f"sampler: {' '.join(chosen) if chosen else sampler_from}")
     objectives, seeds = list(dict.fromkeys(args.objectives)), list(dict.fromkeys(args.seeds))
 
     tuned = root / load_config(EXPERIMENT, args.profile)["tune"]["best_params"]  # as the study's train stages
 
     def cfg_for(objective: str, seed: int) -> Config:
-        overrides = [*chosen, *args.overrides, f"bridge.objective={objective}"]
+        overrides = [*args.overrides, f"bridge.objective={objective}"]
         cfg, _ = load_tuned_config(f"{EXPERIMENT}-s{seed}", args.profile, overrides, tuned)
         cfg["experiment"] = f"{EXPERIMENT}-{objective}-s{seed}"  # its name in MLflow and on progress bars
         cfg["train"]["keep_epochs"] = False  # only the final weights are scored
@@ -151,8 +140,8 @@ def main(args: argparse.Namespace) -> int:
             "commit": git_commit(),
             "profile": base["profile"],
             "experiment": EXPERIMENT,
-            "sampler_from": sampler_from,
-            "overrides": [*chosen, *args.overrides],
+            "sampler_from": "params.yaml eval",
+            "overrides": list(args.overrides),
             "recipe": {k: base["train"][k] for k in ("epochs", "batch_size", "lr")},
             "sampler": {k: base["eval"][k] for k in ("eta", "deterministic", "weights")},
             **result,

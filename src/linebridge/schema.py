@@ -34,6 +34,11 @@ class Section(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
+class ToneCounts(Section):
+    val: NonNegInt
+    test: NonNegInt
+
+
 class Data(Section):
     dataset: Literal["openmoji", "folder", "pairs"]
     raw_dir: str
@@ -41,6 +46,8 @@ class Data(Section):
     limit_groups: NonNegInt
     image_size: Annotated[int, Field(ge=8)]
     split_fractions: Annotated[list[NonNegFloat], Field(min_length=3, max_length=3)]
+    toned_groups: ToneCounts
+    cross_refs: PosInt
     extractor: Literal["xdog", "find_edges"]
     folder_root: str
     pair_layout: Literal["separate", "side_by_side"]
@@ -255,6 +262,18 @@ class Contrast(Section):
     metric: Spec
 
 
+class Primary(Contrast):
+    """A primary question: its contrast and the equivalence margin (metric units) below which a difference is
+    too small to matter."""
+
+    margin: PosFloat
+
+
+class Secondary(Section):
+    contrasts: list[Contrast]
+    metrics: list[Spec]
+
+
 class Target(Section):
     """The method's seed mean on `metric` against `value`, or against `value` × the seed mean of arm `of`."""
 
@@ -271,9 +290,12 @@ class Study(Section):
     curves: list[str]
     baselines: list[str]
     trivial: list[str]
-    contrasts: list[Contrast]
-    secondary: list[Spec]
+    primary: Annotated[list[Primary], Field(min_length=1)]
+    secondary: Secondary
+    verdict_reference: Literal["behrens_fisher", "min_df"]
     null_control: Contrast | None = None
+    power_seeds: Annotated[list[Annotated[int, Field(ge=2)]], Field(min_length=1)]
+    power_sims: PosInt
     alpha: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
     convergence_gain: PosFloat
     method: str

@@ -237,7 +237,8 @@ class ProtocolDataset(_InMemory):
     split="test" reads `protocols/<name>.csv`, split="val" reads `protocols/val/<name>.csv`:
     the same protocols over the val items, for choosing checkpoints without touching test.
 
-    Items also carry `ref_id` (the emoji the reference was made from) and `mask`
+    An item is `id` (cross_gt: `TARGET_rK`, the K-th reference for the target; else the target itself) with the
+    line art and ground truth of `gt`. Items also carry `ref_id` (the emoji the reference was made from) and `mask`
     [1,H,W] float 0/1: the tone region for cross_gt (where ΔE is measured), all ones
     for self and cross_random, so every protocol has the same keys.  For cross_random
     `GT` is the item's own colour image, useful only for FID/SWD (the reference is
@@ -264,11 +265,13 @@ class ProtocolDataset(_InMemory):
             )
         self.protocol, self.split = protocol, split
         self.ids = [r["id"] for r in rows]
+        self.gt_ids = [r["gt"] for r in rows]
         self.ref_ids = [r["ref_source"] for r in rows]
         self.groups = [r["group"] for r in rows]  # the drawing each item is a variant of (for clustered statistics)
+        self.ref_groups = [r["ref_group"] for r in rows]  # the drawing its reference comes from (crossed with groups)
         self.tensors = {
             "GT": torch.stack([_png(root / "colour" / f"{r['gt']}.png", "RGB") for r in rows]),
-            "lineart": torch.stack([_png(root / "line" / f"{r['id']}.png", "L") for r in rows]),
+            "lineart": torch.stack([_png(root / "line" / f"{r['gt']}.png", "L") for r in rows]),
             "ref": torch.stack([_png(folder / "ref" / f"{r['id']}.png", "RGB") for r in rows]),
         }
         if protocol == "cross_gt":

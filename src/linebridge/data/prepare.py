@@ -31,7 +31,7 @@ import io
 import json
 import shutil
 import xml.etree.ElementTree as ET
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,10 +61,12 @@ from linebridge.data.splits import (
     protocol_dir,
     split_of,
     spread,
+    stratify_toned,
 )
 from linebridge.io import write_atomic
 
 CONTACT_SHEET = Path("reports/figures/data_contact_sheet.png")
+SUMMARY = Path("metrics/data.json")  # info.json's committed copy: splits and the design of the protocols
 WARP_CHUNK = 64  # images per TPS call; fixed, because the draws depend on it
 MIN_TEST_GROUPS = 4  # with limit_groups: two groups with skin tones, so cross_gt has pairs
 
@@ -124,8 +126,10 @@ def catalogue(raw_dir: Path, cfg: Config) -> list[Emoji]:
         raise UserError(f"{raw_dir}: no OpenMoji SVGs. Run `linebridge data fetch` (or `dvc pull data.dvc`) first")
     fractions = parse_fractions(cfg["data"]["split_fractions"])
     groups = drawing_groups(ids, raw_dir)
-    splits = {g: split_of(g, fractions) for g in set(groups.values())}
     toned = {groups[i] for i in ids if skin_tone(i) in SKIN_TONES}
+    counts = cfg["data"]["toned_groups"]
+    splits = {g: split_of(g, fractions) for g in set(groups.values())}
+    splits = stratify_toned(splits, toned, n_val=counts["val"], n_test=counts["test"])
     keep = select_groups(splits, toned, int(cfg["data"]["limit_groups"]), fractions)
     return [Emoji(i, groups[i], splits[groups[i]], skin_tone(i), hair_variant(i)) for i in ids if groups[i] in keep]
 
@@ -133,26 +137,60 @@ def catalogue(raw_dir: Path, cfg: Config) -> list[Emoji]:
 # ---------------------------------------------------------------- protocols
 
 
-def _pairs(test: list[Emoji], rng: np.random.Generator, same_tone: bool) -> list[tuple[Emoji, Emoji]]:
-    """(item, reference source) pairs: the source is a random emoji of another group of the same split.
+def _random_pairs(items: list[Emoji], rng: np.random.Generator) -> list[tuple[Emoji, Emoji]]:
+    """(item, reference source) for every item: the source is a random emoji of another group of the split.
 
-    The source's group is drawn first, uniformly, then an emoji within it, so groups
-    with a hundred variants (couples) do not dominate the references.  With
-    `same_tone`, only items with a single skin tone take part, and the source has that
-    same tone (cross_gt); otherwise every item gets one (cross_random).
+    The source's group is drawn first, uniformly, then an emoji within it, so groups with a hundred variants
+    (couples) do not dominate the references.
     """
     pairs = []
-    for item in test:
-        if same_tone and item.tone is None:
-            continue
+    for item in items:
         pool: dict[str, list[Emoji]] = defaultdict(list)
-        for e in test:
-            if e.group != item.group and (not same_tone or e.tone == item.tone):
+        for e in items:
+            if e.group != item.group:
                 pool[e.group].append(e)
         if pool:
             group = sorted(pool)[int(rng.integers(len(pool)))]
             pairs.append((item, pool[group][int(rng.integers(len(pool[group])))]))
     return pairs
+
+
+def _tone_pairs(items: list[Emoji], rng: np.random.Generator, refs_per_tone: int) -> list[tuple[Emoji, Emoji]]:
+    """The cross_gt items: for each drawing and each of its skin tones, `refs_per_tone` (target, source) pairs.
+
+    The targets cycle through the drawing's variants in that tone; each source is a variant in the same tone of
+    another drawing, the one used least often so far as a source in that tone (ties drawn at random), so the
+    reference drawings are spread evenly and no drawing supplies more than 5 · refs_per_tone items.
+    """
+    variants: dict[tuple[str, str], list[Emoji]] = defaultdict(list)
+    for e in items:
+        if e.tone is not None:
+            variants[(e.group, e.tone)].append(e)
+    used: dict[tuple[str, str], int] = defaultdict(int)
+    pairs = []
+    for group, tone in sorted(variants):
+        others = sorted(g for g, t in variants if t == tone and g != group)
+        for j in range(refs_per_tone if others else 0):
+            least = min(used[(g, tone)] for g in others)
+            ties = [g for g in others if used[(g, tone)] == least]
+            source = ties[int(rng.integers(len(ties)))]
+            used[(source, tone)] += 1
+            pool = variants[(source, tone)]
+            targets = variants[(group, tone)]
+            pairs.append((targets[j % len(targets)], pool[int(rng.integers(len(pool)))]))
+    return pairs
+
+
+def cross_design(rows: list[dict[str, str]]) -> dict[str, float | int]:
+    """What a cross_gt protocol rests on: items, line drawings, reference drawings, and the largest share of the
+    items that one line drawing supplies."""
+    per_drawing = Counter(r["group"] for r in rows)
+    return {
+        "items": len(rows),
+        "line_drawings": len(per_drawing),
+        "reference_drawings": len({r["ref_group"] for r in rows}),
+        "largest_share": round(max(per_drawing.values()) / len(rows), 4) if rows else 0.0,
+    }
 
 
 def tone_masks(test: list[Emoji], colour: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -195,7 +233,12 @@ def warp_all(images: list[np.ndarray], tps_scale: float, seed: int) -> list[np.n
 # ---------------------------------------------------------------- the stage
 
 
-def prepare(cfg: Config, root: Path | None = None, contact_sheet: Path | None = CONTACT_SHEET) -> dict:
+def prepare(
+    cfg: Config,
+    root: Path | None = None,
+    contact_sheet: Path | None = CONTACT_SHEET,
+    summary_out: Path | None = SUMMARY,
+) -> dict:
     """Run the whole stage for `cfg`; paths in it are relative to `root` (default: repo root).
 
     Returns the summary also written to info.json.  `contact_sheet=None` skips the figure.
@@ -232,9 +275,12 @@ def prepare(cfg: Config, root: Path | None = None, contact_sheet: Path | None = 
             },
             "protocols": {name: len(rows) for name, rows in protocols["test"].items()},
             "protocols_val": {name: len(rows) for name, rows in protocols["val"].items()},
+            "cross_gt_design": {split: cross_design(protocols[split]["cross_gt"]) for split in PROTOCOL_SPLITS},
             "skipped": skipped,
         }
         (tmp / "info.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        if summary_out is not None:
+            write_atomic(root / summary_out, json.dumps(summary, indent=2, sort_keys=True) + "\n")
         if contact_sheet is not None:
             _contact_sheet(root / contact_sheet, tmp, [e for e in kept if e.split == "test"], protocols["test"])
         replace_dir(tmp, out_dir)
@@ -285,8 +331,10 @@ def _write_protocols(
         rng, warp_seed = protocol_seeds(seed, split, index)
         if name == "self":
             pairs = [(e, e) for e in items]
+        elif name == "cross_gt":
+            pairs = _tone_pairs(items, rng, int(cfg["data"]["cross_refs"]))
         else:
-            pairs = _pairs(items, rng, same_tone=name == "cross_gt")
+            pairs = _random_pairs(items, rng)
         refs = warp_all([colour[src.id] for _, src in pairs], tps_scale, warp_seed)
         folder = out / name
         (folder / "ref").mkdir(parents=True)
@@ -294,11 +342,15 @@ def _write_protocols(
             (folder / "mask").mkdir()
         header = ["id", "gt", "ref_source", "group", "ref_group"] + (["tone"] if name == "cross_gt" else [])
         rows[name] = []
+        seen: dict[str, int] = defaultdict(int)
         for (item, src), ref in zip(pairs, refs, strict=True):
-            Image.fromarray(ref, "RGB").save(folder / "ref" / f"{item.id}.png")
+            # cross_gt has several references per target: the item is `TARGET_rK`, the K-th one
+            row_id = f"{item.id}_r{seen[item.id]}" if name == "cross_gt" else item.id
+            seen[item.id] += 1
+            Image.fromarray(ref, "RGB").save(folder / "ref" / f"{row_id}.png")
             if name == "cross_gt":
-                Image.fromarray(masks[item.id], "L").save(folder / "mask" / f"{item.id}.png")
-            values = [item.id, item.id, src.id, item.group, src.group, item.skin_tone]
+                Image.fromarray(masks[item.id], "L").save(folder / "mask" / f"{row_id}.png")
+            values = [row_id, item.id, src.id, item.group, src.group, item.skin_tone]
             rows[name].append(dict(zip(header, values)))
         _write_csv(out / f"{name}.csv", header, (list(r.values()) for r in rows[name]))
     return rows
@@ -322,8 +374,11 @@ def _contact_sheet(path: Path, prepared: Path, test: list[Emoji], protocols: dic
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    in_cross = [r["id"] for r in protocols["cross_gt"]]
-    others = [e.id for e in test if e.id not in set(in_cross)]
+    cross_row = {}  # target → its first cross_gt item (`TARGET_r0`)
+    for r in protocols["cross_gt"]:
+        cross_row.setdefault(r["gt"], r["id"])
+    in_cross = list(cross_row)
+    others = [e.id for e in test if e.id not in cross_row]
     ids = [in_cross[i] for i in spread(len(in_cross), 8)] + [
         others[i] for i in spread(len(others), 16 - min(8, len(in_cross)))
     ]
@@ -333,6 +388,7 @@ def _contact_sheet(path: Path, prepared: Path, test: list[Emoji], protocols: dic
         **{f"{p} ref": f"protocols/{p}/ref/{{}}.png" for p in PROTOCOLS},
         "cross_gt mask": "protocols/cross_gt/mask/{}.png",
     }
+    cross_columns = {"cross_gt ref", "cross_gt mask"}
     fig, axes = plt.subplots(
         len(ids),
         len(columns),
@@ -346,7 +402,7 @@ def _contact_sheet(path: Path, prepared: Path, test: list[Emoji], protocols: dic
             ax = axes[r][c]
             ax.set_xticks([])
             ax.set_yticks([])
-            panel = prepared / pattern.format(item)
+            panel = prepared / pattern.format(cross_row.get(item, "") if title in cross_columns else item)
             ax.imshow(Image.open(panel).convert("RGB") if panel.exists() else blank, interpolation="nearest")
             if not panel.exists():
                 ax.text(0.5, 0.5, "n/a", ha="center", va="center", color="grey", transform=ax.transAxes)
@@ -381,6 +437,11 @@ def main(args: argparse.Namespace) -> int:
     print(f"{cfg['data']['prepared_dir']}: {counts}")
     print("test protocols: " + ", ".join(f"{name} {n}" for name, n in summary["protocols"].items()))
     print("val protocols: " + ", ".join(f"{name} {n}" for name, n in summary["protocols_val"].items()))
+    for split, d in summary["cross_gt_design"].items():
+        print(
+            f"{split} cross_gt: {d['items']} items over {d['line_drawings']} line drawings and "
+            f"{d['reference_drawings']} reference drawings; the largest drawing has {100 * d['largest_share']:.1f} %"
+        )
     if summary["skipped"]:
         print(f"skipped {len(summary['skipped'])} emoji(s) with nothing drawn: {' '.join(summary['skipped'])}")
     return 0

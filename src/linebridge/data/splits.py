@@ -29,6 +29,29 @@ def split_of(key: str, fractions: tuple[float, float, float]) -> str:
     return "val" if u < (fractions[0] + fractions[1]) / total else "test"
 
 
+def stratify_toned(splits: dict[str, str], toned: set[str], n_val: int, n_test: int) -> dict[str, str]:
+    """`splits` with the drawings that have skin-tone variants (`toned`) re-split by count, the rest untouched.
+
+    The cross-reference protocol with ground truth lives on toned drawings alone, so their number in validation
+    and test decides its power; a hash split gives them whatever share chance gives. Validation and test take
+    `n_val` and `n_test` toned drawings, in the order of a second hash of their key, from those the hash split puts
+    in training; the toned drawings the hash split puts in validation or test go to training instead. So no toned
+    drawing of this split's validation or test sits in the hash split's validation or test, which earlier
+    choices may have looked at.
+    """
+    pool = sorted((g for g in toned if splits[g] == "train"), key=lambda g: key_fraction(f"toned/{g}"))
+    if len(pool) < n_val + n_test:
+        raise ConfigError(
+            f"data.toned_groups asks for {n_val} + {n_test} toned drawings in validation and test, but only "
+            f"{len(pool)} are available: lower data.toned_groups"
+        )
+    out = dict(splits)
+    out.update(dict.fromkeys((g for g in toned if splits[g] != "train"), "train"))
+    out.update(dict.fromkeys(pool[:n_test], "test"))
+    out.update(dict.fromkeys(pool[n_test : n_test + n_val], "val"))
+    return out
+
+
 def parse_fractions(value: object) -> tuple[float, float, float]:
     """data.split_fractions as three floats (train, val, test), or a ConfigError."""
     try:

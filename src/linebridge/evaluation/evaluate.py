@@ -37,7 +37,6 @@ from linebridge.config import (
     repo_root,
     run_name,
     split_run_name,
-    tuned_overrides,
 )
 from linebridge.data.datasets import ProtocolDataset
 from linebridge.data.splits import GRID_ITEMS, PROTOCOLS, spread
@@ -223,7 +222,7 @@ def validation_quality(fn, data: dict[str, dict[str, Any]], seed: int) -> dict[s
 
 
 def study_colorizer(path: Path, ec: dict[str, Any]) -> Colorizer:
-    """The colorizer of the checkpoint at `path` under the sampler of eval section `ec` (the sweep's choice)."""
+    """The colorizer of the checkpoint at `path` under the sampler of eval section `ec` (params.yaml `eval`)."""
     from linebridge.inference import Sampler, load_colorizer
 
     return load_colorizer(path, Sampler.from_eval(ec))[0]
@@ -331,13 +330,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"run (A3, A3-s1, pix2pix, ...: outputs/train/ID) or a trivial model: {', '.join(TRIVIAL)}",
     )
     add_config_arguments(parser)
-    parser.add_argument(
-        "--choice",
-        default=None,
-        metavar="CHOICE_YAML",
-        help="sampler and weights chosen on the validation split (the sweep's metrics/sweep/choice.yaml); "
-        "without it: params.yaml eval.*",
-    )
     parser.add_argument("--checkpoint", default=None, help="checkpoint (default outputs/train/ID/best.pt)")
     parser.add_argument("--weights", choices=["ema", "raw"], default=None, help="EMA or raw weights (eval.weights)")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default eval.sample_step)")
@@ -375,10 +367,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     name = args.experiment
-    chosen = [o for o in tuned_overrides(args.choice) if o.startswith("eval.")] if args.choice else []
-    if args.choice and not chosen:
-        raise UserError(f"--choice {args.choice}: no such file; run the sweep first (`dvc repro sweep`)")
-    cfg = load_config(None if name in TRIVIAL else name, args.profile, [*chosen, *args.overrides])
+    cfg = load_config(None if name in TRIVIAL else name, args.profile, args.overrides)
     ckpt = None if name in TRIVIAL else Path(args.checkpoint or repo_root() / "outputs" / "train" / name / "best.pt")
     if (args.sweep or args.curve) and ckpt is None:
         raise UserError(f"--sweep and --curve compare sampler settings; {name} is a trivial output with no sampler")

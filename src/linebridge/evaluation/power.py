@@ -73,12 +73,15 @@ def estimate_components(d: np.ndarray, lines: Sequence, refs: Sequence) -> Compo
     model = MixedLM.from_formula(
         "y ~ 1", groups="one", vc_formula={"line": "0 + C(line)", "ref": "0 + C(ref)"}, re_formula="0", data=frame
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fit = model.fit(reml=True, method=["lbfgs", "powell"])
-    names = list(fit.model.exog_vc.names)
-    vc = dict(zip(names, np.asarray(fit.vcomp, dtype=np.float64)))
-    item = max(0.0, float(fit.scale) - residual / n_seeds)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit = model.fit(reml=True, method=["lbfgs", "powell"])
+        vc = dict(zip(fit.model.exog_vc.names, np.asarray(fit.vcomp, dtype=np.float64)))
+        scale = float(fit.scale)
+    except (np.linalg.LinAlgError, ValueError):  # too few items to separate the drawings: all of it per item
+        vc, scale = {"line": 0.0, "ref": 0.0}, float(d.mean(0).var(ddof=1))
+    item = max(0.0, scale - residual / n_seeds)
     return Components(seed=seed, line=float(vc["line"]), ref=float(vc["ref"]), item=item, residual=residual)
 
 
@@ -207,44 +210,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="protocol table of the planned design; default: the prepared test protocol of each primary's metric",
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seed counts to simulate (default: 3 4 5 6)")
-    parser.add_argument("--sims", type=int, default=1000, help="simulated studies per seed count and effect")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="seed counts to simulate (default: study.power_seeds)"
+    )
+    parser.add_argument(
+        "--sims", type=int, default=None, help="simulated studies per seed count and effect (default: study.power_sims)"
+    )
     parser.add_argument("--out", default="metrics/power/plan.json", help="JSON written here (atomically)")
 
 
 def main(args: argparse.Namespace) -> int:
-    study = read_yaml(repo_root() / "params.yaml")["study"]
-    prepared = repo_root() / read_yaml(repo_root() / "params.yaml")["data"]["prepared_dir"]
+    params = read_yaml(repo_root() / "params.yaml")
+    study, prepared = params["study"], repo_root() / params["data"]["prepared_dir"]
     results = repo_root() / args.results
-    seed_counts = args.seeds or [3, 4, 5, 6]
+    seed_counts, n_sims = args.seeds or study["power_seeds"], args.sims or study["power_sims"]
     primaries = study["primary"]
-    record: dict = {"alpha": study["alpha"], "n_primaries": len(primaries), "n_sims": args.sims, "questions": []}
+    record: dict = {"alpha": study["alpha"], "n_primaries": len(primaries), "n_sims": n_sims, "questions": []}
     for q in primaries:
         protocol = q["metric"].split(".", 1)[0]
         design_path = Path(args.design) if args.design else prepared / "protocols" / f"{protocol}.csv"
         design = read_items(design_path)
         items = read_items(Path(args.items)) if args.items else design
-        d, ids = contrast_table(results, q["a"], q["b"], q["metric"])
+        entry = {
+            **q,
+            "design": {
+                "table": str(design_path.relative_to(repo_root()) if design_path.is_absolute() else design_path),
+                "items": len(design),
+            },
+        }
+        try:
+            d, ids = contrast_table(results, q["a"], q["b"], q["metric"])
+        except UserError as err:  # a question whose runs are not there: recorded, not simulated
+            record["questions"].append({**entry, "not_run": str(err)})
+            print(f"{q['b']} − {q['a']}: not run ({err})")
+            continue
         lines, refs = zip(*(items[i] for i in ids))
         comp = estimate_components(d, lines, refs)
         d_lines, d_refs = zip(*design.values())
+        entry["design"].update(line_drawings=len(set(d_lines)), reference_drawings=len(set(d_refs)))
         rows = power_table(
-            comp, d_lines, d_refs, seed_counts, q["margin"], study["alpha"], len(primaries), args.sims, progress=True
+            comp, d_lines, d_refs, seed_counts, q["margin"], study["alpha"], len(primaries), n_sims, progress=True
         )
-        record["questions"].append(
-            {
-                **q,
-                "components": asdict(comp),
-                "components_from": {"results": args.results, "seeds": d.shape[0], "items": d.shape[1]},
-                "design": {
-                    "table": str(design_path.relative_to(repo_root()) if design_path.is_absolute() else design_path),
-                    "items": len(design),
-                    "line_drawings": len(set(d_lines)),
-                    "reference_drawings": len(set(d_refs)),
-                },
-                "rows": rows,
-            }
+        entry.update(
+            components=asdict(comp),
+            components_from={"results": args.results, "seeds": d.shape[0], "items": d.shape[1]},
+            rows=rows,
         )
+        record["questions"].append(entry)
         print(f"\n{q['b']} − {q['a']} on {q['metric']} (margin ± {q['margin']}):")
         print(markdown(rows))
     write_json(repo_root() / args.out, record)

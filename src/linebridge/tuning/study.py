@@ -48,8 +48,6 @@ from linebridge.config import (
     add_config_arguments,
     load_config,
     merge,
-    repo_root,
-    tuned_overrides,
 )
 from linebridge.io import save_with, write_atomic, write_json
 from linebridge.tracking import git_commit
@@ -274,20 +272,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--study-name", default=None, help="None: A3-PROFILE, e.g. A3-default")
     parser.add_argument("--out", default=None, help="put storage, trials and outputs in this folder")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
-    parser.add_argument(
-        "--choice",
-        default="metrics/sweep/choice.yaml",
-        metavar="CHOICE_YAML",
-        help="the sampler the study chose on validation, used by the judge (params.yaml eval.* when absent)",
-    )
 
 
 def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    choice = repo_root() / args.choice
-    chosen = [o for o in tuned_overrides(choice) if o.startswith("eval.")]
-    cfg = load_config(EXPERIMENT, args.profile, [*chosen, *args.overrides])
-    print(f"judge's sampler: {' '.join(chosen) if chosen else 'params.yaml eval.* (no ' + str(choice) + ')'}")
+    cfg = load_config(EXPERIMENT, args.profile, args.overrides)  # the judge samples with params.yaml `eval`
     full = copy.deepcopy(cfg)  # the full recipe, for the confirmation runs
     full.pop("tune")
     tune = cfg.pop("tune")

@@ -11,16 +11,20 @@ from typing import Any
 import numpy as np
 
 from linebridge.config import run_name
+from linebridge.evaluation.power import markdown
 from linebridge.evaluation.report.fmt import HIGHER_IS_BETTER, LABELS, effect, effect_ci, interval, metric_name, table
-from linebridge.evaluation.report.read import GroupLookup, NotRun, eval_file, read_per_image, rel
+from linebridge.evaluation.report.read import GroupLookup, NotRun, eval_file, read_json, read_per_image, rel
 from linebridge.evaluation.report.study import arm_seeds
 from linebridge.evaluation.stats import format_p, holm, null_control, seed_group_contrast
+
+REFERENCES = {"behrens_fisher": "Behrens–Fisher", "min_df": "minimum df"}
 
 
 def contrast_data(
     root: Path, study: dict[str, Any], groups: GroupLookup, a: str, b: str, spec: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
-    """Per-image values of arms a and b, [seeds, images], rows paired by seed, and the images' groups.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, list[int]]:
+    """Per-image values of arms a and b, [seeds, images], rows paired by seed, the images' line drawings and their
+    reference drawings (None where every reference is the line drawing itself, as on the self protocol).
 
     The seeds are those both arms have; the images are those every one of these runs evaluated (sorted by id), so
     the contrast compares the same images in the same order. Raises NotRun naming every missing file.
@@ -48,44 +52,63 @@ def contrast_data(
     if unknown:
         raise NotRun(f"{len(unknown)} evaluated items are not in the prepared {protocol} protocol; re-run evaluate")
     values = np.array([[t[i][metric] for i in ids] for t in tables])
-    return values[: len(seeds)], values[len(seeds) :], np.array([lookup[i] for i in ids]), seeds
+    lines, refs = (np.array(x) for x in zip(*(lookup[i] for i in ids)))
+    return values[: len(seeds)], values[len(seeds) :], lines, None if np.array_equal(lines, refs) else refs, seeds
 
 
-def contrast(root: Path, study: dict[str, Any], groups: GroupLookup, a: str, b: str, spec: str) -> dict[str, Any]:
-    """b − a on one metric, paired by seed: {a, b, metric, seeds, result} or {a, b, metric, reason}."""
-    row: dict[str, Any] = {"a": a, "b": b, "metric": spec}
+def contrast(
+    root: Path, study: dict[str, Any], groups: GroupLookup, a: str, b: str, spec: str, margin: float | None = None
+) -> dict[str, Any]:
+    """b − a on one metric, paired by seed: {a, b, metric, margin, seeds, result, other[, tost]} or {…, reason}.
+
+    `result` is the test under study.verdict_reference, `other` under the other reference distribution; with a
+    margin, `tost` holds the (1 − 2α) interval of the two one-sided tests of equivalence under the verdict's one.
+    """
+    row: dict[str, Any] = {"a": a, "b": b, "metric": spec, "margin": margin}
     try:
-        xa, xb, g, seeds = contrast_data(root, study, groups, a, b, spec)
+        xa, xb, lines, refs, seeds = contrast_data(root, study, groups, a, b, spec)
     except NotRun as err:
         return {**row, "reason": str(err)}
-    return {**row, "seeds": seeds, "result": seed_group_contrast(xa, xb, g, paired=True)}
+    chosen = study["verdict_reference"]
+    other = next(m for m in REFERENCES if m != chosen)
+
+    def test(method: str, **kw) -> dict[str, Any]:
+        return seed_group_contrast(xa, xb, lines, paired=True, method=method, ref_groups=refs, **kw)
+
+    row.update(seeds=seeds, result=test(chosen), other=test(other, n_boot=0))
+    if margin is not None:
+        row["tost"] = test(chosen, n_boot=0, level=1 - 2 * study["alpha"])
+    return row
 
 
 def _at_floor(res: dict[str, Any]) -> bool:
     return bool(res["p_value"] <= res["p_floor"] * (1 + 1e-9))
 
 
-def adjust_holm(rows: list[dict[str, Any]]) -> None:
-    """Holm-adjusted p over all computed contrasts together, into row['p_holm'] (and 'p_holm_bound').
+def adjust_holm(rows: list[dict[str, Any]], key: str = "result") -> None:
+    """Holm-adjusted p of row[key] over all computed contrasts together, into row[key]['p_holm'] (and 'p_holm_bound').
 
     A p at the method's floor is only an upper bound, so Holm runs twice — with such p as given and as 0 — and an
     adjusted value that depends on a floored p is marked as a bound ("≤"); the verdict uses the upper value.
     """
-    done = {str(i): r["result"] for i, r in enumerate(rows) if "result" in r}
+    done = {str(i): r[key] for i, r in enumerate(rows) if key in r}
     upper = holm({k: res["p_value"] for k, res in done.items()})
     lower = holm({k: 0.0 if _at_floor(res) else res["p_value"] for k, res in done.items()})
-    for k in done:
-        rows[int(k)]["p_holm"] = upper[k]
-        rows[int(k)]["p_holm_bound"] = bool(lower[k] < upper[k])
+    for k, res in done.items():
+        res["p_holm"] = upper[k]
+        res["p_holm_bound"] = bool(lower[k] < upper[k])
 
 
 def primary_contrasts(root: Path, study: dict[str, Any], groups: GroupLookup) -> list[dict[str, Any]]:
-    """The pre-declared contrasts (study.contrasts) with Holm over them and a verdict at study.alpha."""
-    rows = [contrast(root, study, groups, c["a"], c["b"], c["metric"]) for c in study["contrasts"]]
-    adjust_holm(rows)
+    """The primary questions (study.primary) with Holm over them under both references and a verdict at α."""
+    rows = [contrast(root, study, groups, c["a"], c["b"], c["metric"], c["margin"]) for c in study["primary"]]
+    for key in ("result", "other"):
+        adjust_holm(rows, key)
     for row in rows:
         if "result" in row:
-            row["significant"] = bool(row["p_holm"] < study["alpha"])
+            row["significant"] = bool(row["result"]["p_holm"] < study["alpha"])
+            tost = row["tost"]
+            row["equivalent"] = bool(-row["margin"] < tost["low"] and tost["high"] < row["margin"])
     return rows
 
 
@@ -97,14 +120,18 @@ def direction(row: dict[str, Any]) -> tuple[str, str]:
 
 
 def outcome(row: dict[str, Any]) -> str:
-    """A computed primary contrast's verdict in a few words: better or worse only when significant after Holm."""
+    """A primary question's verdict in a few words: better or worse when significant after Holm; otherwise within
+    ± margin when the equivalence interval lies inside it, else inconclusive."""
     if np.isnan(row["result"]["effect"]):
         return "no finite values to compare"
-    return " ".join(direction(row)) if row["significant"] else "no significant difference"
+    if row["significant"]:
+        return " ".join(direction(row))
+    margin = effect(row["margin"], row["metric"].split(".")[1]).lstrip("+")
+    return f"within ± {margin}" if row["equivalent"] else "inconclusive"
 
 
 def verdict(row: dict[str, Any]) -> str:
-    """The contrast in plain words: which way b moves the metric, whether that is better, and whether it counts."""
+    """The question in plain words: which way b moves the metric, whether that is better, and whether it counts."""
     res, (protocol, metric) = row["result"], row["metric"].split(".")
     change = res["effect"]
     if np.isnan(change):
@@ -115,29 +142,39 @@ def verdict(row: dict[str, Any]) -> str:
         f"{row['b']} {moves} {protocol} {name} by {effect(abs(change), metric).lstrip('+')} against {row['a']} "
         f"(95 % CI {interval(res, metric)})"
     )
-    if not row["significant"]:
-        return f"{what}: **{outcome(row)}** after Holm"
-    word, rule = direction(row)
-    return f"{what}: **{word}** {rule}, significant after Holm"
+    if row["significant"]:
+        word, rule = direction(row)
+        return f"{what}: **{word}** {rule}, significant after Holm"
+    tost = f"{interval(row['tost'], metric)}"
+    if row["equivalent"]:
+        return f"{what}: not significant, and its 90 % interval {tost} lies **within ± {row['margin']:g}**"
+    return f"{what}: not significant, and its 90 % interval {tost} reaches past ± {row['margin']:g}: **inconclusive**"
 
 
-def holm_text(row: dict[str, Any]) -> str:
-    p = row["p_holm"]
-    return format_p(p, p) if row["p_holm_bound"] else format_p(p)
+def holm_text(res: dict[str, Any]) -> str:
+    p = res["p_holm"]
+    return format_p(p, p) if res["p_holm_bound"] else format_p(p)
 
 
 def question_line(row: dict[str, Any]) -> str:
-    """One primary contrast in one line: b − a, metric, effect [CI], Holm p and the verdict (or why it did not run)."""
+    """One primary question in one line: b − a, metric, effect [CI], Holm p under both references and the verdict."""
     head = f"{row['b']} − {row['a']}, {metric_name(row['metric'])}"
     if "reason" in row:
         return f"{head}: not run ({row['reason']})"
-    return f"{head}: {effect_ci(row['result'], row['metric'].split('.')[1])}, Holm p {holm_text(row)} → {outcome(row)}"
+    other = REFERENCES[row["other"]["method"]]
+    return (
+        f"{head}: {effect_ci(row['result'], row['metric'].split('.')[1])}, Holm p {holm_text(row['result'])} "
+        f"({other}: {holm_text(row['other'])}) → {outcome(row)}"
+    )
 
 
 def units(row: dict[str, Any]) -> str:
-    """The data behind a contrast: seeds × images (drawing groups)."""
+    """The data behind a contrast: seeds × images (line drawings; reference drawings where they are crossed)."""
     res = row["result"]
-    return f"{res['n_seeds']} seeds × {res['n_images']} images ({res['n_groups']} groups)"
+    drawings = f"{res['n_groups']} drawings" + (
+        f" × {res['n_ref_groups']} reference drawings" if "n_ref_groups" in res else ""
+    )
+    return f"{res['n_seeds']} seeds × {res['n_images']} images ({drawings})"
 
 
 def seed_spread(row: dict[str, Any], metric: str) -> str:
@@ -149,8 +186,15 @@ def seed_spread(row: dict[str, Any], metric: str) -> str:
     return f"{per_seed}; SD {effect(res['seed_sd'], metric).lstrip('+')}"
 
 
-def primary_section(rows: list[dict[str, Any]], alpha: float) -> list[str]:
-    """Table and verdicts of the pre-declared contrasts."""
+def _p_df(res: dict[str, Any]) -> str:
+    p = format_p(res["p_value"], res["p_floor"])
+    return p if np.isnan(res["df"]) else f"{p} (df {res['df']:.0f})"
+
+
+def primary_section(rows: list[dict[str, Any]], study: dict[str, Any]) -> list[str]:
+    """Table and verdicts of the primary questions, under both reference distributions."""
+    chosen = study["verdict_reference"]
+    other = REFERENCES[next(m for m in REFERENCES if m != chosen)]
     cells, verdicts = [], []
     for row in rows:
         head = [f"{row['b']} − {row['a']}", metric_name(row["metric"])]
@@ -159,29 +203,39 @@ def primary_section(rows: list[dict[str, Any]], alpha: float) -> list[str]:
             verdicts.append(f"- {row['b']} − {row['a']}: not run ({row['reason']}).")
             continue
         res, metric = row["result"], row["metric"].split(".")[1]
-        p = format_p(res["p_value"], res["p_floor"])
-        cells.append([*head, units(row), effect_ci(res, metric), p, holm_text(row), seed_spread(row, metric)])
+        cells.append(
+            [*head, units(row), effect_ci(res, metric), _p_df(res), holm_text(res), _p_df(row["other"])]
+            + [holm_text(row["other"]), f"{interval(row['tost'], metric)} vs ± {row['margin']:g}", outcome(row)]
+            + [seed_spread(row, metric)]
+        )
         verdicts.append(f"- {verdict(row)}.")
-    header = ["question (b − a)", "metric", "units", "b − a [95 % CI]", "p", "Holm p", "per-seed effects; seed SD"]
-    return [*table(header, cells), "", *verdicts, "", _contrast_method(alpha)]
+    header = ["question (b − a)", "metric", "units", "b − a [95 % CI]", "p", "Holm p", f"p, {other}"]
+    header += [f"Holm p, {other}", "90 % CI vs margin", "verdict", "per-seed effects; seed SD"]
+    return [*table(header, cells), "", *verdicts, "", _contrast_method(study)]
 
 
-def _contrast_method(alpha: float) -> str:
+def _contrast_method(study: dict[str, Any]) -> str:
+    chosen = study["verdict_reference"]
+    other = REFERENCES[next(m for m in REFERENCES if m != chosen)]
     return (
-        "Each contrast pairs the two arms' runs by training seed and compares them on the same test images; the "
-        "interval and p treat seeds and drawing groups (the variants of one drawing) as the units "
-        "(`stats.seed_group_contrast`, Behrens–Fisher reference distribution over the seed and group variance "
-        f"components). Holm's correction runs over the primary contrasts together at α = {alpha}; p at the method's "
-        "floor is printed as “≤ …”. With one seed the seed variance cannot be estimated and the interval is "
-        "conditional on the trained models."
+        "Each question pairs the two arms' runs by training seed and compares them on the same test images; the "
+        "interval and p treat seeds, line drawings and (on the cross-reference protocols) reference drawings as the "
+        "units, the drawings as crossed clusters (`stats.seed_group_contrast`). Verdicts use the "
+        f"{REFERENCES[chosen]} reference distribution (`study.verdict_reference`); the {other} one is printed beside "
+        f"it. Holm's correction runs over the {len(study['primary'])} primary questions at α = {study['alpha']}; p "
+        "at the method's floor is printed as “≤ …”. A question that is not significant reads “within ± margin” when "
+        "the 90 % interval (two one-sided tests at α) lies inside its declared margin, else “inconclusive”."
     )
 
 
 def secondary_section(root: Path, study: dict[str, Any], groups: GroupLookup) -> list[str]:
-    """The same contrasts on the secondary metrics: effect and interval only, deliberately without a verdict."""
+    """The secondary questions on their metric and every question on the secondary metrics: effect and interval
+    only, deliberately without a verdict."""
+    questions = [(c, [c["metric"]]) for c in study["secondary"]["contrasts"]]
+    questions += [(c, []) for c in study["primary"]]
     cells = []
-    for c in study["contrasts"]:
-        for spec in study["secondary"]:
+    for c, own in questions:
+        for spec in [*own, *study["secondary"]["metrics"]]:
             row = contrast(root, study, groups, c["a"], c["b"], spec)
             head = [f"{c['b']} − {c['a']}", metric_name(spec)]
             if "reason" in row:
@@ -209,11 +263,11 @@ def null_section(root: Path, study: dict[str, Any], groups: GroupLookup) -> tupl
     a, b, metric = spec["a"], spec["b"], spec["metric"]
     title = f"{b} − {a} on {metric_name(metric)}"
     try:
-        xa, xb, g, seeds = contrast_data(root, study, groups, a, b, metric)
+        xa, xb, g, refs, seeds = contrast_data(root, study, groups, a, b, metric)
     except NotRun as err:
         msg = f"the null control {title} cannot run: {err}"
         return [f"**NULL CONTROL NOT RUN — {msg}.** The contrasts above are unchecked."], msg
-    res = null_control(xa, xb, g, paired=True, alpha=study["alpha"])
+    res = null_control(xa, xb, g, paired=True, alpha=study["alpha"], ref_groups=refs)
     row = {"a": a, "b": b, "metric": metric, "seeds": seeds, "result": res}
     name = metric.split(".")[1]
     numbers = (
@@ -227,3 +281,33 @@ def null_section(root: Path, study: dict[str, Any], groups: GroupLookup) -> tupl
         f"**⚠ NULL CONTROL FAILED — {numbers}.** Two runs that differ only in float rounding test as different, so "
         "the test finds effects in training noise and the verdicts above cannot be trusted as stated."
     ], msg
+
+
+def power_section(root: Path) -> list[str]:
+    """The size-and-power table of this study's own design and noise (metrics/power/study.json, the power stage):
+    the null control that can fail — a test whose size is far from α is miscalibrated."""
+    record = read_json(root / "metrics" / "power" / "study.json")
+    if record is None:
+        return ["Not run: no metrics/power/study.json (`linebridge power --out metrics/power/study.json`)."]
+    lines = [
+        f"{record['n_sims']} simulated studies per row, each with this study's items (line and reference drawings) and "
+        "the noise components estimated from its runs; size = share rejected at α with no true effect (should be "
+        f"{100 * record['alpha']:.0f} %), power = share rejected when the true effect is the margin, at α and at "
+        f"α / {record['n_primaries']} (Holm's strictest step); within ± margin = share whose 90 % interval lies "
+        "inside the margin when there is no effect.",
+    ]
+    for q in record["questions"]:
+        if "not_run" in q:
+            lines += ["", f"**{q['b']} − {q['a']}** on {metric_name(q['metric'])}: not run ({q['not_run']})."]
+            continue
+        c = q["components"]
+        lines += [
+            "",
+            f"**{q['b']} − {q['a']}** on {metric_name(q['metric'])}, margin ± {q['margin']:g}; components (variance): "
+            + ", ".join(f"{k} {v:.3g}" for k, v in c.items())
+            + f"; design: {q['design']['items']} items, {q['design']['line_drawings']} line drawings, "
+            f"{q['design']['reference_drawings']} reference drawings.",
+            "",
+            markdown(q["rows"]),
+        ]
+    return lines

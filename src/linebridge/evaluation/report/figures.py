@@ -52,7 +52,7 @@ def sample_columns(root: Path, shown: dict[str, str], prepared: Path, protocol: 
     by_id = {r["id"]: r for r in csv.DictReader(table.open())}
     rows = [by_id[ids[i]] for i in spread(len(ids), GRID_ITEMS)]
     cols = {
-        "line art": [Image.open(prepared / "line" / f"{r['id']}.png").convert("RGB") for r in rows],
+        "line art": [Image.open(prepared / "line" / f"{r['gt']}.png").convert("RGB") for r in rows],
         "reference": [Image.open(prepared / "protocols" / protocol / "ref" / f"{r['id']}.png") for r in rows],
     }
     for label, run in shown.items():

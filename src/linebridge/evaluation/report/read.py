@@ -10,10 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from linebridge.config import UserError, read_yaml
-from linebridge.data.datasets import ProtocolDataset
+from linebridge.config import read_yaml
 
-GroupLookup = Callable[[str], dict[str, str]]  # protocol → {item id: drawing group}
+GroupLookup = Callable[[str], dict[str, tuple[str, str]]]  # protocol → {item id: (line drawing, reference drawing)}
 Curves = dict[str, tuple[str, list[dict[str, Any]]]]  # recipe label → (run, its validation curve rows)
 
 
@@ -91,16 +90,17 @@ def rel(root: Path, path: Path) -> str:
 
 
 def prepared_groups(prepared: Path) -> GroupLookup:
-    """The drawing group of every item of a test protocol, from the prepared data (read once per protocol)."""
-    cache: dict[str, dict[str, str]] = {}
+    """The line drawing and the reference drawing of every item of a test protocol, from the prepared protocol table
+    (`protocols/PROTOCOL.csv`, read once per protocol)."""
+    cache: dict[str, dict[str, tuple[str, str]]] = {}
 
-    def lookup(protocol: str) -> dict[str, str]:
+    def lookup(protocol: str) -> dict[str, tuple[str, str]]:
         if protocol not in cache:
-            try:
-                ds = ProtocolDataset(prepared, protocol)
-            except UserError as err:
-                raise NotRun(f"the item groups are unknown: {err}") from None
-            cache[protocol] = dict(zip(ds.ids, ds.groups))
+            table = prepared / "protocols" / f"{protocol}.csv"
+            if not table.exists():
+                raise NotRun(f"the item groups are unknown: {table} is missing; run `linebridge prepare`")
+            with table.open(newline="") as fh:
+                cache[protocol] = {r["id"]: (r["group"], r["ref_group"]) for r in csv.DictReader(fh)}
         return cache[protocol]
 
     return lookup

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from linebridge.config import study_runs
+from linebridge.config import load_config, study_runs
 from linebridge.evaluation.report.fmt import LABELS, bootstrapped, minutes, show, table
 from linebridge.evaluation.report.read import eval_file, read_choice, read_json
 
@@ -54,16 +54,23 @@ def sweep_section(root: Path, study: dict[str, Any]) -> list[str]:
 
 
 def choice_lines(root: Path, study: dict[str, Any]) -> list[str]:
-    """The chosen sampler setting, its rule, and whether every BBDM test evaluation used it."""
-    choice = read_choice(root)
-    if choice is None:
-        return ["Chosen setting: not run (no metrics/sweep/choice.yaml)."]
-    e = choice["eval"]
+    """The study's sampler (params.yaml `eval`), the sweep's last choice beside it, and whether every BBDM test
+    evaluation used the study's sampler."""
+    e = load_config(None, None, [], root=root)["eval"]
     lines = [
-        f"**Chosen**: {e['sample_step']} steps, η = {e['eta']}, deterministic = {e['deterministic']}, "
-        f"{e['weights']} weights — rule: {choice.get('rule', 'not recorded')}. The test split was evaluated once, "
-        "with this setting, after it was chosen on the validation split."
+        f"**The study's sampler** (params.yaml `eval`): {e['sample_step']} steps, η = {e['eta']}, "
+        f"deterministic = {e['deterministic']}, {e['weights']} weights. Every test evaluation uses it; it was chosen "
+        "once on the validation split and written there, so a run added later needs no other run first."
     ]
+    choice = read_choice(root)
+    if choice is not None:
+        c = choice["eval"]
+        same = all(c[k] == e[k] for k in ("sample_step", "eta", "deterministic", "weights"))
+        lines.append(
+            f"The sweep above chose {c['sample_step']} steps, η = {c['eta']}, deterministic = {c['deterministic']}, "
+            f"{c['weights']} weights (rule: {choice.get('rule', 'not recorded')}): "
+            + ("the same." if same else "**not the study's sampler** — re-run the sweep or update params.yaml.")
+        )
     other = [run for run in study_runs(study) if _sampler_differs(root, run, e)]
     if other:
         lines.append(
@@ -103,11 +110,12 @@ def tune_section(root: Path) -> list[str]:
         f"- best trial {s['best_trial']}: objective {s['best_value']:.3f} at "
         + ", ".join(f"`{k}` = {v:.3g}" for k, v in s["best_params"].items()),
     ]
-    choice = read_choice(root)
-    chosen = choice["eval"] if choice is not None else None
-    if chosen is not None and s.get("sampler") not in (None, chosen):
+    e = load_config(None, None, [], root=root)["eval"]
+    tuned = s.get("sampler")
+    if isinstance(tuned, dict) and any(tuned[k] != e.get(k) for k in tuned):
+        chosen = {k: e.get(k) for k in tuned}
         lines.append(
-            f"- **tuned an earlier configuration**: its sampler is not this study's choice ({chosen}); commit "
+            f"- **tuned an earlier configuration**: its sampler is not this study's ({chosen}); commit "
             f"{s.get('commit', 'not recorded')}. `make tune` reruns it on the current one"
         )
     if s.get("importances"):
