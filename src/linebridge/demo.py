@@ -35,6 +35,7 @@ EXAMPLES_PER_PROTOCOL = 8
 PATH_FRAMES = 6  # x̂0 panels in the path strip (plus the line art)
 PANEL_HEIGHT = 128  # px of each panel in the strip
 MAX_STEPS = 200  # the paper profile's sampler steps (the study's: params.yaml eval.sample_step)
+MAX_UPLOAD_PIXELS = 25_000_000  # width × height; below colorize's limit: the page may be served to others
 STOCHASTIC, DETERMINISTIC = "stochastic (BBDM: η scales the noise)", "deterministic (DDIM-style ODE)"
 CSS = """
 #result img, #ground-truth img, #line-preview img, #ref-preview img { image-rendering: pixelated; object-fit: contain; }
@@ -143,18 +144,23 @@ def _user_path(err: Exception, *paths: Path | None) -> str:
     return text
 
 
-def load_inputs(line_path: Path | None, ref_path: Path | None) -> tuple[Image.Image, Image.Image | None]:
-    """Line art as 'L' and the reference as 'RGB' (or None), decoded as `linebridge colorize` does."""
-    from linebridge.colorize import read_image
+def read_upload(path: Path, mode: str) -> Image.Image:
+    """An upload decoded as `linebridge colorize` does, at most MAX_OUTPUT_SIDE a side (so the result is too) and
+    refused past MAX_UPLOAD_PIXELS before decoding; errors name the file, not Gradio's temp folder."""
+    from linebridge.colorize import MAX_OUTPUT_SIDE, read_image
 
+    try:
+        hint = f"this page takes up to {MAX_UPLOAD_PIXELS / 1e6:g} megapixels (e.g. 5000×5000)"
+        return read_image(Path(path), mode, MAX_OUTPUT_SIDE, MAX_UPLOAD_PIXELS, hint).image
+    except UserError as err:
+        raise UserError(_user_path(err, Path(path))) from None
+
+
+def load_inputs(line_path: Path | None, ref_path: Path | None) -> tuple[Image.Image, Image.Image | None]:
+    """Line art as 'L' and the reference as 'RGB' (or None)."""
     if line_path is None:
         raise UserError("no line art: upload an image or pick an example from the gallery")
-    try:
-        line = read_image(Path(line_path), "L")
-        ref = read_image(Path(ref_path), "RGB") if ref_path is not None else None
-    except UserError as err:
-        raise UserError(_user_path(err, line_path, ref_path)) from None
-    return line, ref
+    return read_upload(line_path, "L"), read_upload(ref_path, "RGB") if ref_path is not None else None
 
 
 def path_strip(line: Image.Image, frames: list[tuple[int, Tensor]], total: int) -> Image.Image:
@@ -303,14 +309,12 @@ def build_app(root: Path, extra: Path | None = None) -> tuple[gr.Blocks, list[st
         return out.image, out.path, out.summary
 
     def preview(file: str | None, mode: str) -> tuple[Any, str]:
-        from linebridge.colorize import read_image
-
         if file is None:
             return None, ""
         try:
-            return read_image(Path(file), mode), ""
+            return read_upload(Path(file), mode), ""
         except UserError as err:
-            return None, f"**Error:** {_user_path(err, Path(file))}"
+            return None, f"**Error:** {err}"
 
     def pick(evt: gr.SelectData) -> tuple[str, str, str, str]:
         item = examples[evt.index]
