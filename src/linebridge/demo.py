@@ -13,9 +13,7 @@ functions that build the page, never at module level, so the study does not depe
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -25,13 +23,12 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image, ImageDraw, ImageFont
 
 from linebridge.config import UserError, load_config, repo_root
+from linebridge.gallery import default_choice, find_checkpoints, find_examples, no_checkpoint_note
 
 if TYPE_CHECKING:
     import gradio as gr
     from torch import Tensor
 
-PROTOCOLS = ("self", "cross_gt")  # the gallery's test protocols: both have a paired ground truth
-EXAMPLES_PER_PROTOCOL = 8
 PATH_FRAMES = 6  # x̂0 panels in the path strip (plus the line art)
 PANEL_HEIGHT = 128  # px of each panel in the strip
 MAX_STEPS = 200  # the paper profile's sampler steps (the study's: params.yaml eval.sample_step)
@@ -42,94 +39,12 @@ CSS = """
 """
 
 
-# ----------------------------------------------------------------------------- what the page offers
-
-
-@dataclass(frozen=True)
-class Example:
-    """One fixed test item: its line art, its protocol's reference and its ground truth."""
-
-    protocol: str
-    id: str
-    line: Path
-    ref: Path
-    gt: Path
-
-    @property
-    def caption(self) -> str:
-        return f"{self.protocol} · {self.id}"
-
-
-def find_checkpoints(root: Path, extra: Path | None = None) -> dict[str, Path]:
-    """Label → checkpoint: `extra` first (--checkpoint), then outputs/train/*/*.pt (A0–A4, baselines)."""
-    found: dict[str, Path] = {}
-    if extra is not None:
-        found[f"{extra} (--checkpoint)"] = extra
-    for path in sorted((root / "outputs" / "train").glob("*/*.pt")):
-        found[f"{path.parent.name} / {path.name}"] = path
-    return found
-
-
-def default_choice(models: dict[str, Path], extra: Path | None) -> str | None:
-    """--checkpoint when given, else the full method's best weights (A3, seed 0), else the first found."""
-    if not models:
-        return None
-    for name in ("A3-s0 / best.pt", "A3 / best.pt"):
-        if extra is None and name in models:
-            return name
-    return next(iter(models))
-
-
-def find_examples(prepared: Path, per_protocol: int = EXAMPLES_PER_PROTOCOL) -> list[Example]:
-    """Up to `per_protocol` items of each gallery protocol, spread over its CSV (prepare.py's layout)."""
-    examples: list[Example] = []
-    for protocol in PROTOCOLS:
-        table = prepared / "protocols" / f"{protocol}.csv"
-        if not table.is_file():
-            continue
-        with table.open(newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        stride = max(1, len(rows) // per_protocol)
-        for row in rows[::stride][:per_protocol]:
-            item = Example(
-                protocol,
-                row["id"],
-                prepared / "line" / f"{row['gt']}.png",
-                prepared / "protocols" / protocol / "ref" / f"{row['id']}.png",
-                prepared / "colour" / f"{row['gt']}.png",
-            )
-            if item.line.is_file() and item.ref.is_file() and item.gt.is_file():
-                examples.append(item)
-    return examples
-
-
-def no_checkpoint_note(root: Path) -> str:
-    """What to run when there is nothing to colour with (Markdown)."""
-    took = ""
-    record = root / "metrics" / "train" / "A3-s0.json"
-    try:
-        seconds = float(json.loads(record.read_text())["wall_time_s"])
-        took = (
-            f" The A3 training itself took about {seconds / 60:.0f} minutes ({seconds:.0f} s) "
-            "on the CPU of the last study run."
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return (
-        "### No trained checkpoint found\n"
-        f"Nothing under `{root / 'outputs' / 'train'}/*/*.pt`. Train the full method, from the repository root:\n\n"
-        "```bash\nlinebridge data fetch      # once: the OpenMoji SVGs\n"
-        "dvc repro train@A3-0       # A3 with seed 0; runs `prepare` (and any missing upstream stage) first\n```\n\n"
-        f"{took} Or start the demo with `--checkpoint PATH`. Then restart `linebridge demo` and reload this page."
-    )
-
-
 # ----------------------------------------------------------------------------- one colorization
 
 
 @dataclass
 class Outcome:
-    image: Image.Image  # RGB, the line art's size
+    image: Image.Image  # RGB, the line art's aspect, longer side at most 1024 px
     path: Image.Image | None  # the bridge's path strip; None for GAN baselines
     seconds: float  # loading + sampling
     summary: str  # Markdown for the status line
@@ -331,7 +246,8 @@ def build_app(root: Path, extra: Path | None = None) -> tuple[gr.Blocks, list[st
         gr.Markdown(
             "# linebridge: reference-guided line-art colorization\n"
             "Upload a line art (dark lines on light, any size) and a colour reference, or pick a fixed test "
-            "item below; the output has the line art's size. The strip shows the bridge's path: the predicted "
+            "item below; the output keeps the line art's aspect (at most 1024 px a side). The strip shows the "
+            "bridge's path: the predicted "
             "clean image x̂0 at a few sampler steps, from the line art to colour."
         )
         if not models:
@@ -386,7 +302,7 @@ def build_app(root: Path, extra: Path | None = None) -> tuple[gr.Blocks, list[st
         status = gr.Markdown("", elem_id="status")
         with gr.Row():
             result = gr.Image(
-                label="result (the line art's size)",
+                label="result (the line art's aspect, ≤ 1024 px)",
                 type="pil",
                 format="png",
                 interactive=False,
