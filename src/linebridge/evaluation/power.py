@@ -192,7 +192,8 @@ def contrast_table(results: Path, a: str, b: str, metric: str) -> tuple[np.ndarr
                     tables[(arm, folder.name.rsplit("-s", 1)[1])] = {r["id"]: float(r[name]) for r in csv.DictReader(f)}
     seeds = sorted({s for arm, s in tables if arm == a} & {s for arm, s in tables if arm == b}, key=int)
     if len(seeds) < 2:
-        raise UserError(f"{results}: {a} and {b} need two or more common seeds (ARM-sN folders) with {protocol}.csv")
+        where = results.relative_to(repo_root()) if results.is_relative_to(repo_root()) else results
+        raise UserError(f"{where}: {a} and {b} need two or more common seeds (ARM-sN folders) with {protocol}.csv")
     ids = sorted(tables[(a, seeds[0])])
     d = np.array([[tables[(b, s)][i] - tables[(a, s)][i] for i in ids] for s in seeds])
     return d, ids
