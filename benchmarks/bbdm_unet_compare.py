@@ -27,8 +27,8 @@ from torch import nn
 
 from linebridge.bbdm.unet import build_model, count_parameters
 from linebridge.bench import interleaved_medians, matmul_peak
-from linebridge.config import load_config
-from linebridge.tracking import git_commit
+from linebridge.core.config import load_config
+from linebridge.core.tracking import git_commit
 
 # The network before the options of README "Network options": GroupNorm(32) (instance norm at 32 channels),
 # additive time embedding, no zero init, self-attention only at 8×8, cross-attention at the bottleneck to 2×2 tokens.

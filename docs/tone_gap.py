@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from linebridge.config import UserError, load_config
+from linebridge.core.config import UserError, load_config
 from linebridge.evaluation import metrics as M
 from linebridge.evaluation.evaluate import load_protocol, study_colorizer
 

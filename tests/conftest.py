@@ -15,7 +15,7 @@ import torch
 import yaml
 
 if TYPE_CHECKING:
-    from linebridge.runs import Paths
+    from linebridge.core.runs import Paths
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET_TOOLS = {"MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}
@@ -92,7 +92,7 @@ def same_state() -> Callable[[Any, Any], bool]:
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory) -> Path:
     """A root with data/openmoji fetched and outputs/prepared rendered at the tiny profile."""
-    from linebridge.config import load_config
+    from linebridge.core.config import load_config
     from linebridge.data.openmoji import fetch
     from linebridge.data.prepare import prepare
 
@@ -128,7 +128,7 @@ def tiny_checkpoint(tiny_study, tmp_path_factory) -> Iterator[Paths]:
     resume, divergence, logging) train their own. A test that changes these files must copy them first; the session
     checks at its end that nothing did."""
     from linebridge.cli import main as cli_main
-    from linebridge.runs import Paths
+    from linebridge.core.runs import Paths
 
     paths = Paths.for_experiment("A3", tmp_path_factory.mktemp("tiny_checkpoint") / "A3")
     with pytest.MonkeyPatch.context() as mp:

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from conftest import study_params
-from linebridge import checkpoint
 from linebridge.baselines import controlnet, gan, pix2pix, scft
 from linebridge.cli import main as cli_main
-from linebridge.config import UserError, load_config
-from linebridge.runs import Paths, TrainingDiverged
+from linebridge.core import checkpoint
+from linebridge.core.config import UserError, load_config
+from linebridge.core.runs import Paths, TrainingDiverged
 
 FAMILIES = tuple(study_params()["baselines"])  # pix2pix, scft: the tiny profile trains each for 2 epochs of 4 steps
 

@@ -17,7 +17,7 @@ import torch
 from linebridge.bbdm.sampling import build_bridge
 from linebridge.bbdm.train import diffusion_loss, make_optimizer
 from linebridge.bbdm.unet import build_model, forward_flops, use_channels_last
-from linebridge.config import load_config
+from linebridge.core.config import load_config
 
 
 def _loss_and_grads(cfg, channels_last: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -135,7 +135,7 @@ def test_cpu_bench_writes_before_and_after_rows(tmp_path, monkeypatch, study_roo
 
 def test_commit_on_a_copy_without_git(tmp_path, monkeypatch):
     """A GPU machine gets the tree without .git: results record $LINEBRIDGE_COMMIT, else 'unknown'."""
-    from linebridge.tracking import git_commit
+    from linebridge.core.tracking import git_commit
 
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # git must not find a repo above tmp_path
     monkeypatch.delenv("LINEBRIDGE_COMMIT", raising=False)

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, JpegImagePlugin
 
 from linebridge.cli import main as cli_main
 from linebridge.colorize import MAX_OUTPUT_SIDE, MAX_PIXELS, read_image
-from linebridge.config import UserError
+from linebridge.core.config import UserError
 
 # The child colours a small drawing first (so every lazy import is done), then the large one, and prints its peak
 # resident memory (KiB) before and after: a fresh process, so the peak is this call's and no earlier test's.

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.functional import pil_to_tensor
 
 from linebridge.cli import main as cli_main
-from linebridge.config import UserError, load_config
+from linebridge.core.config import UserError, load_config
 from linebridge.data.augment import make_reference, warp
 from linebridge.data.datasets import (
     PROTOCOLS,

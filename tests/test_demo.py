@@ -20,7 +20,7 @@ from PIL import Image
 
 from conftest import make_root
 from linebridge.cli import main as cli_main
-from linebridge.config import UserError
+from linebridge.core.config import UserError
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 WAIT = 60  # s: generous, the machine may be busy

@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from linebridge.cli import main as cli_main
-from linebridge.config import load_config
+from linebridge.core.config import load_config
 from linebridge.evaluation.evaluate import PROTOCOLS
 
 

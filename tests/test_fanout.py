@@ -24,9 +24,6 @@ import json
 import os
 import re
 import resource
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,19 +31,12 @@ from typing import Any
 import pytest
 import yaml
 
+from study_repo import make_study, sh, tool_env
+
 pytestmark = pytest.mark.slow  # the whole tiny study twice (fanned out and in one clone)
 
 REPO = Path(__file__).resolve().parents[1]
 MACHINES = ("A", "B")
-
-
-def sh(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
-    """Run `cmd` in a clone with the clone's own code (its src/ ahead of the installed package), as a machine would."""
-    if (cwd / "src").is_dir():
-        env = {**env, "PYTHONPATH": str(cwd / "src")}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed in {cwd}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
 
 
 def ran(dvc_output: str) -> set[str]:
@@ -62,28 +52,6 @@ def small_runs(study: dict) -> dict[str, str]:
         if run in study["curves"] or (arm in named and arm not in runs.values()):
             runs[run] = arm
     return runs
-
-
-def make_study(root: Path, env: dict[str, str]) -> None:
-    """The tiny-profile study as tests/test_pipeline.py builds it, with fewer runs (`small_runs`), committed."""
-    for name in ("dvc.yaml", "data.dvc", ".gitignore"):
-        shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "experiments", root / "experiments")
-    shutil.copytree(REPO / "tuned", root / "tuned")
-    (root / "metrics").mkdir()
-    shutil.copy(REPO / "metrics" / "tune.json", root / "metrics" / "tune.json")  # `make tune`'s committed result
-    shutil.copy(REPO / "metrics" / "objectives.json", root / "metrics" / "objectives.json")  # `make objectives`'
-    shutil.copytree(REPO / "metrics" / "sweep", root / "metrics" / "sweep")  # the sampler sweep's record
-    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["profile"] = "tiny"
-    params["study"]["runs"] = small_runs(params["study"])
-    params["study"].pop("null_control", None)  # it needs a twin arm, which this study does without
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
-    sh(["git", "init", "-q", "-b", "main"], root, env)
-    sh(["dvc", "init", "-q"], root, env)
-    sh(["git", "add", "-A"], root, env)
-    sh(["git", "commit", "-qm", "study"], root, env)
 
 
 def rounds(stages: list[str], upstream: dict[str, set[str]]) -> list[list[str]]:
@@ -192,23 +160,11 @@ def results(clone: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def fanout(tmp_path_factory) -> dict:
     top = tmp_path_factory.mktemp("fanout")
-    bindir = str(Path(sys.executable).parent)
-    env = {
-        **os.environ,
-        "PATH": f"{bindir}:{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)  # each machine its local mlflow.db
-    env.pop("DVC_ROOT", None)
+    env = tool_env()  # each machine its local mlflow.db
 
     setup, origin = top / "setup", top / "origin.git"
     setup.mkdir()
-    make_study(setup, env)
+    make_study(setup, env, small_runs(yaml.safe_load((REPO / "params.yaml").read_text())["study"]), null_control=None)
     sh(["linebridge", "data", "fetch"], setup, env)  # the raw data, once, into the shared remote
     sh(["dvc", "remote", "add", "-d", "shared", str(top / "remote")], setup, env)
     sh(["dvc", "push", "-q"], setup, env)

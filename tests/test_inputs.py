@@ -14,8 +14,8 @@ from PIL import Image
 
 from conftest import experiments
 from linebridge.cli import main as cli_main
-from linebridge.config import load_config
-from linebridge.runs import Paths, config_changes
+from linebridge.core.config import load_config
+from linebridge.core.runs import Paths, config_changes
 
 
 @pytest.fixture(scope="module")

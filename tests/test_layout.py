@@ -10,7 +10,7 @@ import grimp
 import pytest
 
 from linebridge.cli import COMMANDS
-from linebridge.config import load_config
+from linebridge.core.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"

@@ -12,9 +12,9 @@ from skimage.color import deltaE_ciede2000, rgb2lab
 from skimage.metrics import structural_similarity
 from torch import nn
 
+from linebridge.core.pretrained import Unavailable, load_lpips
 from linebridge.evaluation import metrics
 from linebridge.evaluation.stats import bootstrap_ci, paired_bootstrap
-from linebridge.pretrained import Unavailable, load_lpips
 
 # Sharma, Wu & Dalal (2005), Table 1: (L1, a1, b1, L2, a2, b2, ΔE00).
 SHARMA = [

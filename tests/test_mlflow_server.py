@@ -29,7 +29,7 @@ READ_BACK = """
 import json, sys
 import mlflow
 from mlflow.artifacts import download_artifacts
-from linebridge import checkpoint
+from linebridge.core import checkpoint
 
 run_id = sys.argv[1]
 best = download_artifacts(run_id=run_id, artifact_path="checkpoint/best.pt", dst_path="got")

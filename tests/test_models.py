@@ -8,7 +8,7 @@ import torch
 from conftest import experiments
 from linebridge.bbdm.unet import DualStreamUNet, build_model, model_info
 from linebridge.cli import main as cli_main
-from linebridge.config import ConfigError, load_config
+from linebridge.core.config import ConfigError, load_config
 
 SMALL = dict(
     model_channels=16,
@@ -295,7 +295,7 @@ def test_reference_positions_are_a_fixed_2d_sinusoid():
 
 
 def test_bad_network_options_are_rejected():
-    from linebridge.schema import problems
+    from linebridge.core.schema import problems
 
     with pytest.raises(ValueError, match="power of 2"):
         DualStreamUNet(32, reference_downsample=12, **SMALL)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from linebridge import checkpoint
+from linebridge.core import checkpoint
 
 pytestmark = pytest.mark.slow  # torchrun: three agents, four processes
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from linebridge.cli import main as cli_main
-from linebridge.evaluation.report import objectives_section
+from linebridge.report import objectives_section
 
 OBJECTIVES = ["grad", "ysubx", "noise"]
 ARGS = ["objectives", "--profile", "tiny", "--objectives", *OBJECTIVES, "--seeds", "0", "--steps", "3", "2"]

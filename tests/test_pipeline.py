@@ -6,15 +6,13 @@ Real git, real DVC, real MLflow store (resolved from DVC_ROOT), real OpenMoji im
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from study_repo import make_study, sh, tool_env
 
 pytestmark = pytest.mark.slow  # the whole `dvc repro` study, in minutes
 
@@ -32,46 +30,10 @@ TINY_RUNS = {
 }
 
 
-def sh(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
-
-
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    root = tmp_path_factory.mktemp("pipeline")
-    for name in ("dvc.yaml", "data.dvc", ".gitignore"):
-        shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "experiments", root / "experiments")
-    shutil.copytree(REPO / "tuned", root / "tuned")
-    (root / "metrics").mkdir()
-    shutil.copy(REPO / "metrics" / "tune.json", root / "metrics" / "tune.json")  # `make tune`'s committed result
-    shutil.copy(REPO / "metrics" / "objectives.json", root / "metrics" / "objectives.json")  # `make objectives`'
-    shutil.copytree(REPO / "metrics" / "sweep", root / "metrics" / "sweep")  # the sampler sweep's record
-    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["profile"] = "tiny"
-    params["study"]["runs"] = TINY_RUNS  # fewer runs: the same stages, each family with fewer items
-    params["study"]["power_seeds"], params["study"]["power_sims"] = [2], 10  # the power stage in seconds
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
-    bindir = str(Path(sys.executable).parent)
-    env = {
-        **os.environ,
-        "PATH": f"{bindir}:{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("DVC_ROOT", None)
-    sh(["git", "init", "-q"], root, env)
-    sh(["dvc", "init", "-q"], root, env)
-    sh(["git", "add", "-A"], root, env)
-    sh(["git", "commit", "-qm", "study"], root, env)
+    root, env = tmp_path_factory.mktemp("pipeline"), tool_env()
+    make_study(root, env, TINY_RUNS, power_seeds=[2], power_sims=10)  # fewer runs; the power stage in seconds
     sh(["linebridge", "data", "fetch"], root, env)
     assert "changed" not in sh(
         ["dvc", "status", "data.dvc"], root, env
@@ -81,13 +43,13 @@ def study(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 
 def test_report_has_every_row_and_column(study):
-    from linebridge.evaluation.report.tables import PROTOCOL_TITLES
+    from linebridge.report.tables import PROTOCOL_TITLES
 
     root, _ = study
     params = yaml.safe_load((root / "params.yaml").read_text())
     report = (root / "reports" / "ablation.md").read_text()
-    plan = params["study"]  # TINY_STUDY's arms and minor arm, the old recipe, the baselines, the trivial rows
-    arms = ["A0", "A3", "A3r", plan["old_recipe"], *plan["baselines"], *plan["trivial"]]
+    plan = params["study"]  # TINY_RUNS' arms, the baselines, the trivial rows
+    arms = [*dict.fromkeys(TINY_RUNS.values()), *plan["baselines"], *plan["trivial"]]
     for title in PROTOCOL_TITLES.values():
         table = report.split(f"### {title}")[1].split("###")[0]
         rows = {

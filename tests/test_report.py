@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import yaml
 
-from linebridge.config import ConfigError, run_name
-from linebridge.evaluation.report import assemble, fmt
-from linebridge.evaluation.report.assemble import HEADLINE_END, HEADLINE_START, build_report, headline_block, main
-from linebridge.evaluation.report.contrasts import primary_contrasts, question_line
-from linebridge.evaluation.report.side import tune_section
-from linebridge.evaluation.report.study import arm_runs, arm_seeds, load_study
-from linebridge.evaluation.report.targets import target_rows, targets_section
-from linebridge.evaluation.report.training import convergence_section, convergence_value
+from linebridge.core.config import ConfigError, run_name
 from linebridge.evaluation.stats import format_p, holm, seed_group_contrast
+from linebridge.report import assemble, fmt
+from linebridge.report.assemble import HEADLINE_END, HEADLINE_START, build_report, headline_block, main
+from linebridge.report.contrasts import primary_contrasts, question_line
+from linebridge.report.side import tune_section
+from linebridge.report.study import arm_runs, arm_seeds, load_study
+from linebridge.report.targets import target_rows, targets_section
+from linebridge.report.training import convergence_section, convergence_value
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from linebridge import checkpoint
 from linebridge.bbdm.losses import region_weighted_l1
 from linebridge.bbdm.train import train, training_timesteps
 from linebridge.cli import main as cli_main
-from linebridge.config import load_config
-from linebridge.runs import Paths, TrainingDiverged
+from linebridge.core import checkpoint
+from linebridge.core.config import load_config
+from linebridge.core.runs import Paths, TrainingDiverged
 
 EPOCHS = ["--set", "train.epochs=3"]
 

@@ -20,7 +20,7 @@ import torch
 from optuna.trial import TrialState
 
 from linebridge.cli import main as cli_main
-from linebridge.config import load_config, tuned_overrides
+from linebridge.core.config import load_config, tuned_overrides
 from linebridge.tuning.storage import FINISHED, open_storage, study_summary
 
 TUNE = ["tune", "--profile", "tiny"]

@@ -36,10 +36,10 @@ from torch import nn
 from linebridge.bbdm.sampling import build_bridge
 from linebridge.bbdm.train import EMA, autocast, diffusion_loss, make_optimizer, train_step
 from linebridge.bbdm.unet import build_model, use_channels_last
-from linebridge.config import Config, load_config, repo_root
+from linebridge.core.config import Config, load_config, repo_root
+from linebridge.core.io import write_json
+from linebridge.core.tracking import git_commit
 from linebridge.data.batches import reference_for
-from linebridge.io import write_json
-from linebridge.tracking import git_commit
 
 SAMPLING_STEPS = (200, 50, 20)
 

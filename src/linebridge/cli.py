@@ -26,14 +26,14 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("tune", "linebridge.tuning.study", "Optuna study of lambda_edge and TPS strength for the full method (A3)"),
     ("objectives", "linebridge.objectives", "train A3 under each bridge objective (grad, noise, ysubx) and compare"),
     ("power", "linebridge.evaluation.power", "size and power of the contrast test at a design, by simulation"),
-    ("report", "linebridge.evaluation.report", "write reports/ablation.md from the evaluated runs"),
+    ("report", "linebridge.report", "write reports/ablation.md from the evaluated runs"),
     ("bench", "linebridge.bench", "benchmark training steps and sampling against the machine's matmul peak"),
 ]
 
 
 def train_arguments(parser: argparse.ArgumentParser) -> None:
     """`linebridge train`'s options."""
-    from linebridge.config import add_config_arguments
+    from linebridge.core.config import add_config_arguments
 
     add_config_arguments(parser, experiment=True)
     parser.add_argument(
@@ -56,8 +56,8 @@ def train_main(args: argparse.Namespace) -> int:
     """`linebridge train`: the family's trainer on the resolved config."""
     import torch
 
-    from linebridge.config import load_tuned_config
-    from linebridge.runs import Paths, TrainingDiverged
+    from linebridge.core.config import load_tuned_config
+    from linebridge.core.runs import Paths, TrainingDiverged
 
     cfg, tuned = load_tuned_config(args.experiment, args.profile, args.overrides, args.tuned)
     if tuned:
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     module.add_arguments(sub)
     args = sub.parse_args(rest)
-    from linebridge.config import UserError
+    from linebridge.core.config import UserError
 
     try:
         return int(module.main(args) or 0)

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from linebridge.config import Config, UserError
-from linebridge.io import save_with
+from linebridge.core.config import Config, UserError
+from linebridge.core.io import save_with
 
 if TYPE_CHECKING:
     from linebridge.inference import Colorizer, Sampler

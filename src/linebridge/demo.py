@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from linebridge.config import UserError, load_config, repo_root
+from linebridge.core.config import UserError, load_config, repo_root
 from linebridge.gallery import default_choice, find_checkpoints, find_examples, no_checkpoint_note
 
 if TYPE_CHECKING:
@@ -113,8 +113,8 @@ def colorize_once(
     Sampler settings left None are the checkpoint's own (its eval.*). `on_step(done, total)`
     follows the sampler for a progress bar.
     """
-    from linebridge import checkpoint
     from linebridge.colorize import colorize_image, needs_reference
+    from linebridge.core import checkpoint
     from linebridge.inference import Sampler, load_colorizer
 
     start = time.perf_counter()

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from linebridge import checkpoint
 from linebridge.bbdm.bridge import StepCallback
-from linebridge.checkpoint import Colorizer
-from linebridge.config import Config, UserError
+from linebridge.core import checkpoint
+from linebridge.core.checkpoint import Colorizer
+from linebridge.core.config import Config, UserError
 
 __all__ = ["Colorizer", "Sampler", "load_colorizer"]
 

@@ -25,15 +25,15 @@ from typing import Any
 import numpy as np
 
 from linebridge.bbdm.bridge import OBJECTIVES
-from linebridge.config import (
+from linebridge.core.config import (
     Config,
     add_config_arguments,
     load_config,
     load_tuned_config,
     repo_root,
 )
-from linebridge.io import write_json
-from linebridge.tracking import git_commit
+from linebridge.core.io import write_json
+from linebridge.core.tracking import git_commit
 
 EXPERIMENT = "A3"
 METRICS = ("psnr", "ssim", "delta_e", "tint_rate", "delta_e_tone")
@@ -49,8 +49,8 @@ def compare(
 ) -> dict[str, Any]:
     """Train and score every (objective, seed); `cfg_for(objective, seed)` gives the config."""
     from linebridge.bbdm.train import train
+    from linebridge.core.runs import Paths
     from linebridge.evaluation.evaluate import study_quality, validation_sets
-    from linebridge.runs import Paths
 
     data = validation_sets(cfg_for(objectives[0], seeds[0]))  # the same items for every run
     rows = []
@@ -108,8 +108,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from linebridge.core.runs import TrainingDiverged
     from linebridge.inference import check_sampler
-    from linebridge.runs import TrainingDiverged
 
     root = repo_root()
     objectives, seeds = list(dict.fromkeys(args.objectives)), list(dict.fromkeys(args.seeds))

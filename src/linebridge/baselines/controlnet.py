@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from linebridge.checkpoint import Colorizer
-from linebridge.config import Config, UserError, repo_root
+from linebridge.core.checkpoint import Colorizer
+from linebridge.core.config import Config, UserError, repo_root
 
 SD_DIR, CONTROLNET_DIR = "stable-diffusion", "controlnet"  # inside baselines.controlnet.weights_dir
 MISSING_EXTRA = "the diffusers and transformers packages are not installed: pip install -e '.[controlnet]'"

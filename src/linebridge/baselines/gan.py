@@ -23,13 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from linebridge import checkpoint, distributed
 from linebridge.baselines.pix2pix import PatchDiscriminator, Pix2PixGenerator, norm_factory
 from linebridge.baselines.scft import SCFTGenerator, load_vgg19_features, perceptual_style_losses
-from linebridge.config import Config, ConfigError, UserError
+from linebridge.core import checkpoint, distributed
+from linebridge.core.config import Config, ConfigError, UserError
+from linebridge.core.pretrained import Unavailable
+from linebridge.core.runs import EpochCallback, NanWatch, Paths, TrainingRun, limited, save_sample_grid
 from linebridge.data.batches import batches, collate, reference_for, validation_rng
-from linebridge.pretrained import Unavailable
-from linebridge.runs import EpochCallback, NanWatch, Paths, TrainingRun, limited, save_sample_grid
 
 FAMILIES = ("pix2pix", "scft")
 INFER_BATCH = 64

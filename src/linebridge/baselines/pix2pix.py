@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from linebridge.config import ConfigError
+from linebridge.core.config import ConfigError
 
 NormFactory = Callable[[int], nn.Module]
 

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from linebridge.baselines.pix2pix import NormFactory, init_weights, uses_bias
-from linebridge.config import ConfigError, UserError
-from linebridge.pretrained import find_weights
+from linebridge.core.config import ConfigError, UserError
+from linebridge.core.pretrained import find_weights
 
 VGG_LAYERS = (1, 6, 11, 20, 29)  # relu1_1 … relu5_1 in torchvision's vgg19().features
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from linebridge.pretrained import load_lpips
+from linebridge.core.pretrained import load_lpips
 
 LPIPS_LOSS_NET = "vgg"  # accepts images from 16 px per side (AlexNet needs 31)
 

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from linebridge.bbdm.bridge import BrownianBridge, StepCallback
 from linebridge.bbdm.unet import build_model, use_channels_last
-from linebridge.config import Config
+from linebridge.core.config import Config
 
 
 def build_bridge(cfg: Config) -> BrownianBridge:

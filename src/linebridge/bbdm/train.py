@@ -21,12 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from linebridge import checkpoint, distributed
 from linebridge.bbdm.bridge import BrownianBridge
 from linebridge.bbdm.losses import LPIPS_LOSS_NET, edge_weighted_l1, lpips_loss, region_weighted_l1
 from linebridge.bbdm.sampling import build_bridge, colorize
 from linebridge.bbdm.unet import build_model, use_channels_last
-from linebridge.config import Config, UserError
+from linebridge.core import checkpoint, distributed
+from linebridge.core.config import Config, UserError
+from linebridge.core.pretrained import load_lpips
+from linebridge.core.runs import EpochCallback, NanWatch, Paths, TrainingRun, limited, save_sample_grid
 from linebridge.data.batches import (
     SameToneDonors,
     batches,
@@ -36,8 +38,6 @@ from linebridge.data.batches import (
     tone_regions,
     validation_rng,
 )
-from linebridge.pretrained import load_lpips
-from linebridge.runs import EpochCallback, NanWatch, Paths, TrainingRun, limited, save_sample_grid
 
 
 class EMA:

@@ -439,13 +439,13 @@ def model_info(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from linebridge.config import add_config_arguments
+    from linebridge.core.config import add_config_arguments
 
     add_config_arguments(parser, experiment=True)
 
 
 def main(args: argparse.Namespace) -> int:
-    from linebridge.config import load_config
+    from linebridge.core.config import load_config
 
     info = model_info(load_config(args.experiment, args.profile, args.overrides))
     width = max(map(len, info))

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-from linebridge.config import Config, UserError
+from linebridge.core.config import Config, UserError
 
 VALIDATION_SEED_OFFSET = 7919  # validation's RNG stream: cfg seed + this, apart from training's
 

@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
-from linebridge.config import Config, ConfigError, UserError, repo_root
+from linebridge.core.config import Config, ConfigError, UserError, repo_root
 from linebridge.data.openmoji import SKIN_TONES, tone_regions
 from linebridge.data.splits import (
     PROTOCOL_SPLITS,

@@ -34,7 +34,7 @@ import resvg_py
 from PIL import Image
 from tqdm import tqdm
 
-from linebridge.config import UserError, load_config, repo_root
+from linebridge.core.config import UserError, load_config, repo_root
 
 SVG_NS = "http://www.w3.org/2000/svg"
 ET.register_namespace("", SVG_NS)

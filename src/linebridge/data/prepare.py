@@ -40,7 +40,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from linebridge.config import Config, ConfigError, UserError, add_config_arguments, load_config, repo_root
+from linebridge.core.config import Config, ConfigError, UserError, add_config_arguments, load_config, repo_root
+from linebridge.core.io import write_atomic
 from linebridge.data.openmoji import (
     SKIN_TONES,
     drawing_groups,
@@ -63,7 +64,6 @@ from linebridge.data.splits import (
     spread,
     stratify_toned,
 )
-from linebridge.io import write_atomic
 
 CONTACT_SHEET = Path("reports/figures/data_contact_sheet.png")
 SUMMARY = Path("metrics/data.json")  # info.json's committed copy: splits and the design of the protocols

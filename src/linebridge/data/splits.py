@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
-from linebridge.config import ConfigError
+from linebridge.core.config import ConfigError
 
 SPLITS = ("train", "val", "test")
 PROTOCOLS = ("self", "cross_gt", "cross_random")

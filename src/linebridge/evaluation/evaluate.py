@@ -29,7 +29,7 @@ import yaml
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from linebridge.config import (
+from linebridge.core.config import (
     UserError,
     add_config_arguments,
     load_config,
@@ -38,12 +38,12 @@ from linebridge.config import (
     run_name,
     split_run_name,
 )
+from linebridge.core.io import save_with, write_atomic, write_json
+from linebridge.core.runs import save_sample_grid
 from linebridge.data.datasets import ProtocolDataset
 from linebridge.data.splits import GRID_ITEMS, PROTOCOLS, spread
 from linebridge.evaluation import metrics as M
 from linebridge.evaluation.stats import bootstrap_ci
-from linebridge.io import save_with, write_atomic, write_json
-from linebridge.runs import save_sample_grid
 
 if TYPE_CHECKING:
     from linebridge.inference import Colorizer, Sampler
@@ -303,7 +303,7 @@ def sweep(checkpoints: list[Path], cfg: dict[str, Any], out_dir: Path) -> dict[s
 
 def curve(run_dir: Path, cfg: dict[str, Any], out_path: Path) -> list[dict[str, Any]]:
     """Validation quality of each kept epoch (epochs/epoch_NNN.pt) at the study's sampler: quality per minute."""
-    from linebridge import checkpoint as ckpt_io
+    from linebridge.core import checkpoint as ckpt_io
 
     ec = cfg["eval"]
     paths = sorted((run_dir / "epochs").glob("epoch_*.pt"))
@@ -420,7 +420,7 @@ def log_results(checkpoint: Path, results: dict[str, Any], prefix: str) -> None:
 
     So `mlflow ui` compares models by their test metrics next to their training curves.
     """
-    from linebridge.tracking import log_to_run, tracking_uri
+    from linebridge.core.tracking import log_to_run, tracking_uri
 
     run_file = checkpoint.parent / "mlflow_run_id"
     if not run_file.exists():

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from linebridge.config import UserError
-from linebridge.pretrained import LPIPS_MIN_SIDE, Unavailable, find_weights, load_lpips
+from linebridge.core.config import UserError
+from linebridge.core.pretrained import LPIPS_MIN_SIDE, Unavailable, find_weights, load_lpips
 
 T = TypeVar("T")
 FeatureExtractor = Callable[[Tensor], Tensor]

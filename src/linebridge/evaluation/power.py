@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from linebridge.config import UserError, read_yaml, repo_root
+from linebridge.core.config import UserError, read_yaml, repo_root
+from linebridge.core.io import write_json
 from linebridge.evaluation.stats import seed_group_contrast
-from linebridge.io import write_json
 
 METHODS = ("behrens_fisher", "min_df")
 

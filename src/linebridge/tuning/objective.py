@@ -22,7 +22,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from linebridge.config import Config, flatten, merge, repo_root
+from linebridge.core.config import Config, flatten, merge, repo_root
 from linebridge.tuning.storage import is_rdb
 
 EXPERIMENT = "A3"  # the full method
@@ -132,7 +132,7 @@ class TrialLog:
             return
         import mlflow
 
-        from linebridge.tracking import tracking_uri
+        from linebridge.core.tracking import tracking_uri
 
         s = self.setup
         mlflow.set_tracking_uri(tracking_uri())
@@ -157,7 +157,7 @@ class TrialLog:
 
     def metrics(self, values: dict[str, float], step: int) -> None:
         if self.active:
-            from linebridge.tracking import log_metrics
+            from linebridge.core.tracking import log_metrics
 
             log_metrics(values, step)
 
@@ -173,7 +173,7 @@ class TrialLog:
 def run_trial(trial: optuna.Trial, setup: Setup, judge: ValidationJudge) -> float:
     """Train with the sampled values; report the judge's value per epoch; return the last epoch's."""
     from linebridge.bbdm.train import train
-    from linebridge.runs import Paths
+    from linebridge.core.runs import Paths
 
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", os.getpid())

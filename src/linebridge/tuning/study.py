@@ -42,15 +42,15 @@ import yaml
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
-from linebridge.config import (
+from linebridge.core.config import (
     Config,
     UserError,
     add_config_arguments,
     load_config,
     merge,
 )
-from linebridge.io import save_with, write_atomic, write_json
-from linebridge.tracking import git_commit
+from linebridge.core.io import save_with, write_atomic, write_json
+from linebridge.core.tracking import git_commit
 from linebridge.tuning.objective import (
     EXPERIMENT,
     Setup,
@@ -124,7 +124,7 @@ def confirm(cfg: Config, best: dict[str, float], tune: Config, paths: TunePaths,
     import numpy as np
 
     from linebridge.bbdm.train import train
-    from linebridge.runs import Paths
+    from linebridge.core.runs import Paths
 
     scores: dict[str, list[dict[str, float]]] = {"default": [], "tuned": []}
     for label, values in (("default", {}), ("tuned", best)):
@@ -197,7 +197,7 @@ def start_parent_run(study: optuna.Study, setup: Setup, dead: list[FrozenTrial])
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from linebridge import tracking
+    from linebridge.core import tracking
 
     tags = {
         "stage": "tune",
@@ -226,7 +226,7 @@ def start_parent_run(study: optuna.Study, setup: Setup, dead: list[FrozenTrial])
 def log_parent_run(summary: dict[str, Any], paths: TunePaths, wall_time_s: float) -> None:
     import mlflow
 
-    from linebridge import tracking
+    from linebridge.core import tracking
 
     values = {"wall_time_s": wall_time_s, **{f"trials_{k}": v for k, v in summary["counts"].items()}}
     if summary["best_value"] is not None:
@@ -323,7 +323,7 @@ def main(args: argparse.Namespace) -> int:
         status = "FINISHED"
     finally:
         if setup.mlflow_run_id:
-            from linebridge.tracking import end_run
+            from linebridge.core.tracking import end_run
 
             end_run(status)
     print(json.dumps(summary, indent=2))

@@ -15,7 +15,7 @@ Modules, each importing only those below it: `assemble` (the report and the comm
 `targets`, `training`, `side`, `figures` (one kind of section each) → `fmt`, `read`, `study`.
 """
 
-from linebridge.evaluation.report.assemble import add_arguments, build_report, main
-from linebridge.evaluation.report.side import objectives_section
+from linebridge.report.assemble import add_arguments, build_report, main
+from linebridge.report.side import objectives_section
 
 __all__ = ["add_arguments", "build_report", "main", "objectives_section"]

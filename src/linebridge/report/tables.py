@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from linebridge.data.splits import PROTOCOLS
-from linebridge.evaluation.report.fmt import LABELS, mean_sd, table
-from linebridge.evaluation.report.read import eval_file, read_json, seed_summary
-from linebridge.evaluation.report.study import description
+from linebridge.report.fmt import LABELS, mean_sd, table
+from linebridge.report.read import eval_file, read_json, seed_summary
+from linebridge.report.study import description
 
 REGIONAL = ["delta_e_background", "delta_e_lines", "delta_e_interior", "tint_rate"]
 COLUMNS = {

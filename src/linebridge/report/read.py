@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from linebridge.config import read_yaml
+from linebridge.core.config import read_yaml
 
 GroupLookup = Callable[[str], dict[str, tuple[str, str]]]  # protocol → {item id: (line drawing, reference drawing)}
 Curves = dict[str, tuple[str, list[dict[str, Any]]]]  # recipe label → (run, its validation curve rows)

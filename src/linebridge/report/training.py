@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from linebridge.config import study_runs
-from linebridge.evaluation.report.fmt import minutes, show, table
-from linebridge.evaluation.report.read import Curves, read_history, read_json, train_file
+from linebridge.core.config import study_runs
+from linebridge.report.fmt import minutes, show, table
+from linebridge.report.read import Curves, read_history, read_json, train_file
 
 
 def convergence_value(history: list[dict[str, Any]]) -> float | None:

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from linebridge.config import UserError
-from linebridge.io import atomic_path
+from linebridge.core.config import UserError
+from linebridge.core.io import atomic_path
 
 BBDM_KIND = "linebridge-bbdm"
 GAN_KIND = "linebridge-gan"  # Pix2Pix / SCFT baselines (baselines/gan.py)

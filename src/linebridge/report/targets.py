@@ -6,8 +6,8 @@ import operator
 from pathlib import Path
 from typing import Any
 
-from linebridge.evaluation.report.fmt import LABELS, metric_name, show, table
-from linebridge.evaluation.report.read import seed_mean
+from linebridge.report.fmt import LABELS, metric_name, show, table
+from linebridge.report.read import seed_mean
 
 # A target's comparison: how its label writes it, and the test.
 OPS = {">=": ("≥", operator.ge), "<=": ("≤", operator.le), "<": ("below", operator.lt), ">": ("above", operator.gt)}

@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from linebridge.config import load_config, repo_root, study_runs
+from linebridge.core.config import load_config, repo_root, study_runs
+from linebridge.core.io import write_atomic
+from linebridge.core.tracking import git_commit
 from linebridge.data.splits import GRID_ITEMS
-from linebridge.evaluation.report.contrasts import (
+from linebridge.report.contrasts import (
     null_section,
     power_section,
     primary_contrasts,
@@ -17,21 +19,19 @@ from linebridge.evaluation.report.contrasts import (
     question_line,
     secondary_section,
 )
-from linebridge.evaluation.report.figures import figures
-from linebridge.evaluation.report.fmt import LABELS
-from linebridge.evaluation.report.read import GroupLookup, prepared_groups, read_json
-from linebridge.evaluation.report.side import objectives_section, sweep_section, tune_section
-from linebridge.evaluation.report.study import arm_runs, arm_seeds, load_study
-from linebridge.evaluation.report.tables import arm_descriptions, arm_table, protocol_tables
-from linebridge.evaluation.report.targets import target_lines, target_rows, targets_section, truth_checks
-from linebridge.evaluation.report.training import (
+from linebridge.report.figures import figures
+from linebridge.report.fmt import LABELS
+from linebridge.report.read import GroupLookup, prepared_groups, read_json
+from linebridge.report.side import objectives_section, sweep_section, tune_section
+from linebridge.report.study import arm_runs, arm_seeds, load_study
+from linebridge.report.tables import arm_descriptions, arm_table, protocol_tables
+from linebridge.report.targets import target_lines, target_rows, targets_section, truth_checks
+from linebridge.report.training import (
     convergence_section,
     efficiency_curves,
     efficiency_section,
     training_table,
 )
-from linebridge.io import write_atomic
-from linebridge.tracking import git_commit
 
 # The headline block sits between these lines; README.md carries a copy of it (tests/test_report.py compares them).
 HEADLINE_START = "<!-- headline:start -->"

@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from linebridge.config import run_name
+from linebridge.core.config import run_name
 from linebridge.evaluation.power import markdown
-from linebridge.evaluation.report.fmt import HIGHER_IS_BETTER, LABELS, effect, effect_ci, interval, metric_name, table
-from linebridge.evaluation.report.read import GroupLookup, NotRun, eval_file, read_json, read_per_image, rel
-from linebridge.evaluation.report.study import arm_seeds
 from linebridge.evaluation.stats import format_p, holm, null_control, seed_group_contrast
+from linebridge.report.fmt import HIGHER_IS_BETTER, LABELS, effect, effect_ci, interval, metric_name, table
+from linebridge.report.read import GroupLookup, NotRun, eval_file, read_json, read_per_image, rel
+from linebridge.report.study import arm_seeds
 
 REFERENCES = {"behrens_fisher": "Behrens–Fisher", "min_df": "minimum df"}
 

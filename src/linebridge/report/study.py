@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from linebridge.config import RUN_NAME, ConfigError, read_yaml, run_name, study_runs
-from linebridge.schema import Study, problems
+from linebridge.core.config import RUN_NAME, ConfigError, read_yaml, run_name, study_runs
+from linebridge.core.schema import Study, problems
 
 
 def load_study(root: Path) -> dict[str, Any]:

@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from linebridge.core.io import save_with
 from linebridge.data.splits import GRID_ITEMS, spread
-from linebridge.evaluation.report.fmt import LABELS
-from linebridge.evaluation.report.read import (
+from linebridge.report.fmt import LABELS
+from linebridge.report.read import (
     Curves,
     eval_file,
     read_history,
@@ -18,8 +19,7 @@ from linebridge.evaluation.report.read import (
     seed_summary,
     train_file,
 )
-from linebridge.evaluation.report.study import arm_runs, seed0
-from linebridge.io import save_with
+from linebridge.report.study import arm_runs, seed0
 
 
 def _pyplot():

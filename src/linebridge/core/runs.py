@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from linebridge import checkpoint
-from linebridge.config import Config, flatten, repo_root
-from linebridge.distributed import Dist
-from linebridge.io import save_with, write_atomic, write_json
+from linebridge.core import checkpoint
+from linebridge.core.config import Config, flatten, repo_root
+from linebridge.core.distributed import Dist
+from linebridge.core.io import save_with, write_atomic, write_json
 
 CHECK_EVERY = 10  # steps between host syncs (non-finite check, progress bar)
 NO_BAD_STEP = 2**62
@@ -183,7 +183,7 @@ class TrainingRun:
         """Open (or, when resuming, reopen) this run's MLflow run; its id is kept beside the checkpoints."""
         if not self.log_mlflow:
             return
-        from linebridge import tracking
+        from linebridge.core import tracking
 
         run_id_file = self.paths.out / "mlflow_run_id"
         old_id = run_id_file.read_text().strip() if resume and self.epoch > 0 and run_id_file.exists() else None
@@ -250,7 +250,7 @@ class TrainingRun:
         if keep and main:
             checkpoint.save({**weights, **best_state()}, self.epoch_checkpoint(self.epoch))
         if self.log_mlflow:
-            from linebridge import tracking
+            from linebridge.core import tracking
 
             tracking.log_metrics(
                 {
@@ -284,7 +284,7 @@ class TrainingRun:
 
     def fail(self) -> None:
         if self.log_mlflow:
-            from linebridge import tracking
+            from linebridge.core import tracking
 
             tracking.end_run("FAILED")
 
@@ -309,7 +309,7 @@ class TrainingRun:
         write_atomic(self.paths.history, buf.getvalue())
         write_json(self.paths.metrics, summary)
         if self.log_mlflow:
-            from linebridge import tracking
+            from linebridge.core import tracking
 
             tracking.log_metrics({"best_val_loss": best["val_loss"]}, self.epoch)
             tracking.log_file(self.paths.best, "checkpoint")  # once per run: a tracking server's clients get the model

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from linebridge.config import load_config, study_runs
-from linebridge.evaluation.report.fmt import LABELS, bootstrapped, minutes, show, table
-from linebridge.evaluation.report.read import eval_file, read_choice, read_json
+from linebridge.core.config import load_config, study_runs
+from linebridge.report.fmt import LABELS, bootstrapped, minutes, show, table
+from linebridge.report.read import eval_file, read_choice, read_json
 
 SWEEP_METRICS = ["psnr", "ssim", "delta_e", "delta_e_tone", "tint_rate"]
 OBJECTIVE_METRICS = ["psnr", "ssim", "delta_e", "tint_rate", "delta_e_tone"]

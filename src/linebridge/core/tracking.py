@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from linebridge.config import flatten, repo_root
+from linebridge.core.config import flatten, repo_root
 
 
 def tracking_uri() -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from linebridge.schema import problems
+from linebridge.core.schema import problems
 
 Config = dict[str, Any]
 RUN_NAME = re.compile(r"^(?P<arm>.+)-s(?P<seed>\d+)$")  # A3-s1: experiments/A3.yaml trained with seed 1

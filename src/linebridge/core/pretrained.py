@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from linebridge.config import UserError
+from linebridge.core.config import UserError
 
 
 class Unavailable(UserError):
