@@ -1,8 +1,8 @@
-"""Beyond one machine: Optuna workers on a real PostgreSQL server, MLflow through a real tracking server.
+"""Beyond one machine: Optuna workers on a real PostgreSQL server.
 
-Both servers are started here from the machine's packages (PostgreSQL from Debian's
-`postgresql`, installed by .ci/run when missing; `mlflow server` from the venv) on
-loopback ports, and stopped afterwards. (DDP under torchrun is in test_train.py.)
+The server is started here from Debian's `postgresql` (installed by .ci/run when missing) on a
+loopback port, and stopped afterwards. DDP under torchrun is in test_train.py and test_multinode.py,
+the MLflow tracking server with served artifacts in test_mlflow_server.py.
 """
 
 from __future__ import annotations
@@ -12,17 +12,15 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from linebridge.cli import main as cli_main
 
-pytestmark = pytest.mark.slow  # starts PostgreSQL and `mlflow server`
+pytestmark = pytest.mark.slow  # starts PostgreSQL
 
 
 def free_port() -> int:
@@ -125,63 +123,3 @@ def test_optuna_workers_on_postgresql(in_study, postgres, tmp_path):
     assert len(finished) == 4
     assert len({t.user_attrs.get("pid") for t in study.trials}) == 2, "both workers ran trials"
     assert (tmp_path / "tune").exists()
-
-
-@pytest.fixture(scope="module")
-def mlflow_server():
-    """`mlflow server` with a sqlite backend and a served artifact store, on a loopback port."""
-    folder = Path(tempfile.mkdtemp(prefix="linebridge-mlflow-"))
-    port = free_port()
-    mlflow = Path(sys.executable).parent / "mlflow"
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.Popen(
-        [
-            str(mlflow),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{folder / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(folder / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-    def ready() -> bool:
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
-        except OSError:
-            return False
-
-    try:
-        wait_for(ready, 180, "mlflow server")
-        yield f"http://127.0.0.1:{port}", folder
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(30)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def test_training_logs_through_tracking_server(in_study, mlflow_server, tmp_path, monkeypatch):
-    import mlflow
-
-    url, folder = mlflow_server
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-    out = tmp_path / "served"
-    assert cli_main(["train", "--experiment", "A0", "--profile", "tiny", "--out", str(out)]) == 0
-    client = mlflow.MlflowClient(url)
-    run = client.get_run((out / "mlflow_run_id").read_text().strip())
-    assert run.data.tags["experiment_id"] == "A0" and "val_loss" in run.data.metrics
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == [
-        "samples/epoch_001.png",
-        "samples/epoch_002.png",
-    ]
-    assert list((folder / "artifacts").rglob("epoch_002.png")), "the artifact went to the server's store"
