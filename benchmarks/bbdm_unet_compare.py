@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from linebridge.bbdm.unet import build_model, count_parameters
+from linebridge.bbdm.info import count_parameters
+from linebridge.bbdm.unet import build_model
 from linebridge.bench import interleaved_medians, matmul_peak
 from linebridge.core.config import load_config
 from linebridge.core.tracking import git_commit

@@ -14,9 +14,10 @@ import sys
 import pytest
 import torch
 
+from linebridge.bbdm.info import forward_flops
 from linebridge.bbdm.sampling import build_bridge
 from linebridge.bbdm.train import diffusion_loss, make_optimizer
-from linebridge.bbdm.unet import build_model, forward_flops, use_channels_last
+from linebridge.bbdm.unet import build_model, use_channels_last
 from linebridge.core.config import load_config
 
 

@@ -23,14 +23,8 @@ from torchvision.transforms.functional import pil_to_tensor
 from linebridge.cli import main as cli_main
 from linebridge.core.config import UserError, load_config
 from linebridge.data.augment import make_reference, warp
-from linebridge.data.datasets import (
-    PROTOCOLS,
-    ColourFolder,
-    PairFolder,
-    PreparedOpenMoji,
-    ProtocolDataset,
-    build_dataset,
-)
+from linebridge.data.datasets import PreparedOpenMoji, ProtocolDataset, build_dataset
+from linebridge.data.folders import ColourFolder, PairFolder
 from linebridge.data.openmoji import (
     drawing_key,
     fetch,
@@ -55,7 +49,7 @@ from linebridge.data.prepare import (
     tone_masks,
     warp_all,
 )
-from linebridge.data.splits import split_of
+from linebridge.data.splits import PROTOCOLS, split_of
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32  # the default profile's size, so the full config (network included) is valid

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import experiments
-from linebridge.bbdm.unet import DualStreamUNet, build_model, model_info
+from linebridge.bbdm.info import model_info
+from linebridge.bbdm.unet import DualStreamUNet, build_model
 from linebridge.cli import main as cli_main
 from linebridge.core.config import ConfigError, load_config
 

@@ -65,7 +65,7 @@ def _pixels_in(err: Exception) -> int | None:
 
 def shrink(image: Image.Image, side: int) -> Image.Image:
     """`image` with its longer side at most `side` (aspect kept, never enlarged), in a mode PIL resizes smoothly."""
-    from linebridge.data.datasets import to_rgb
+    from linebridge.data.folders import to_rgb
 
     if image.mode == "1":
         image = image.convert("L")
@@ -88,7 +88,7 @@ def read_image(path: Path, mode: str, side: int, max_pixels: int = MAX_PIXELS, h
     names the file, its size and the limit, followed by `hint`. PIL's own bomb check runs at
     the same limit, so a file PIL refuses gets the same message.
     """
-    from linebridge.data.datasets import to_rgb
+    from linebridge.data.folders import to_rgb
 
     path = Path(path)
     if not path.is_file():
