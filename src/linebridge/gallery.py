@@ -28,7 +28,7 @@ class Example:
 
 
 def find_checkpoints(root: Path, extra: Path | None = None) -> dict[str, Path]:
-    """Label → checkpoint: `extra` first (--checkpoint), then outputs/train/*/*.pt (A0–A4, baselines)."""
+    """Label → checkpoint: `extra` first (--checkpoint), then outputs/train/*/*.pt (runs such as A3-s0, baselines)."""
     found: dict[str, Path] = {}
     if extra is not None:
         found[f"{extra} (--checkpoint)"] = extra

@@ -46,7 +46,7 @@ class Sampler:
 
     @classmethod
     def from_eval(cls, ec: Mapping[str, Any]) -> Sampler:
-        """The sampler of an eval section (params.yaml, with the sweep's choice applied or not)."""
+        """The sampler of an eval section (params.yaml `eval` or a checkpoint's)."""
         return cls(ec["sample_step"], ec["deterministic"], ec["eta"], ec["weights"])
 
     @classmethod

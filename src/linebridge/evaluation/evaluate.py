@@ -246,8 +246,8 @@ def sweep(checkpoints: list[Path], cfg: dict[str, Any], out_dir: Path) -> dict[s
     are averaged: one seed's lucky setting (raw weights that happen to be good on seed 0) must
     not decide for all. Writes OUT/sweep.json (every row, with the per-checkpoint values) and
     OUT/choice.yaml (the setting with the highest mean validation self PSNR; ties go to fewer
-    steps), which every test evaluation of the study reads, so the test split is evaluated
-    once, with a setting it did not choose.
+    steps): a record, copied by hand into params.yaml `eval`, which every test evaluation reads,
+    so the test split is evaluated once, with a setting it did not choose.
     """
     from linebridge.inference import Sampler, load_colorizer
 

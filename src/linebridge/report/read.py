@@ -25,7 +25,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def read_choice(root: Path) -> dict[str, Any] | None:
-    """The sweep stage's sampler choice (metrics/sweep/choice.yaml), None before it has run."""
+    """The last `evaluate --sweep`'s recorded choice (metrics/sweep/choice.yaml), None before it has run."""
     path = root / "metrics" / "sweep" / "choice.yaml"
     return read_yaml(path) if path.exists() else None
 

@@ -100,8 +100,8 @@ def fingerprint(cfg: Config, space: dict[str, list[float]]) -> str:
 class ValidationJudge:
     """Scores a checkpoint by what λ_edge and TPS strength are for, the same way for every trial.
 
-    The objective is the mean of two validation metrics at the study's sampler (eval.*, the
-    choice the sweep made): self-reference ΔE00 (colour fidelity, lines included: what the edge
+    The objective is the mean of two validation metrics at the study's sampler (params.yaml
+    `eval`): self-reference ΔE00 (colour fidelity, lines included: what the edge
     loss should help) and cross_gt tone ΔE00 (whether a reference's skin colour arrives: what
     TPS warping should teach). Both are in ΔE00 units, lower is better, and neither contains
     a trial's own λ or warp, unlike a training loss.

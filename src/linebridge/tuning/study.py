@@ -21,7 +21,7 @@ processes share the remaining trials. Only one worker is reproducible: the TPE s
 `tune.seed` + trials already in the study + worker index.
 
 Outputs (atomic; with --out DIR all inside it): `tuned/best_params.yaml` (the override form
-`config.tuned_overrides` applies: λ_edge where the edge loss is on, tps_scale where
+`core.config.tuned_overrides` applies: λ_edge where the edge loss is on, tps_scale where
 references are warped), `metrics/tune.json`, and the history and importance figures.
 Trial checkpoints are deleted after each trial; their history.csv stays.
 """
