@@ -245,6 +245,12 @@ def main(args: argparse.Namespace) -> int:
             record["questions"].append({**entry, "not_run": str(err)})
             print(f"{q['b']} − {q['a']}: not run ({err})")
             continue
+        unknown = [i for i in ids if i not in items]
+        if unknown:
+            raise UserError(
+                f"{len(unknown)} items of {args.results} (e.g. {unknown[0]}) are not in "
+                f"{args.items or design_path}: pass --items with the protocol table those runs were evaluated on"
+            )
         lines, refs = zip(*(items[i] for i in ids))
         comp = estimate_components(d, lines, refs)
         d_lines, d_refs = zip(*design.values())
