@@ -310,8 +310,8 @@ def seed_group_contrast(
     for name, fcodes in factors.items():
         g = n_clusters[name]
         part = np.zeros(g)
-        for x, sign in sides:
-            sums, counts = _group_sums(x, fcodes, g)
+        for k, (x, sign) in enumerate(sides):
+            sums, counts = sums_counts[k][:2] if name == "line" else _group_sums(x, fcodes, g)
             seed_means = sums.sum(1) / counts.sum(1)
             # Linearised contribution of cluster g to seed s's ratio mean: (T_sg − m_s N_sg) / (N_s / G).
             part += sign * ((sums - seed_means[:, None] * counts) / (counts.sum(1, keepdims=True) / g)).mean(0)
