@@ -50,6 +50,7 @@ from linebridge.data.prepare import (
     warp_all,
 )
 from linebridge.data.splits import PROTOCOLS, split_of
+from linebridge.data.styles import STYLE_PROTOCOLS
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32  # the default profile's size, so the full config (network included) is valid
@@ -616,3 +617,20 @@ def test_shared_jitter_off_draws_nothing_and_changes_nothing():
     target, source = shared_jitter(x, x, cfg)
     assert target is x and source is x
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_unseen_style_protocols_keep_items_and_ground_truth_and_redraw_the_lines(study):
+    out = prepared(study)
+    plain = ProtocolDataset(out, "cross_gt")
+    for style in STYLE_PROTOCOLS:
+        ds = ProtocolDataset(out, "cross_gt", style=style)
+        assert ds.ids == plain.ids and torch.equal(ds.tensors["GT"], plain.tensors["GT"])
+        assert torch.equal(ds.tensors["line_thin"], plain.tensors["lineart"])
+        assert not torch.equal(ds.tensors["lineart"], plain.tensors["lineart"]), style
+        inked = ds.tensors["lineart"] < 128
+        assert (ds.tensors["mask"][inked] == 0).all()  # what the style inks is not scored
+        assert torch.equal(ds.tensors["mask"][~inked], plain.tensors["mask"][~inked])
+    thick = ProtocolDataset(out, "self", style="thick")
+    assert (thick.tensors["lineart"] < 128).sum() > (thick.tensors["line_thin"] < 128).sum()
+    with pytest.raises(UserError, match="line style 'bold': use one of thick, filled, extracted"):
+        ProtocolDataset(out, "self", style="bold")

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from linebridge.core.config import ConfigError, run_name
+from linebridge.core.runs import convergence_value
 from linebridge.evaluation.stats import format_p, holm, seed_group_contrast
 from linebridge.report import assemble, fmt
 from linebridge.report.assemble import HEADLINE_END, HEADLINE_START, build_report, headline_block, main
@@ -20,7 +21,7 @@ from linebridge.report.contrasts import primary_contrasts, question_line
 from linebridge.report.side import tune_section
 from linebridge.report.study import arm_runs, arm_seeds, load_study
 from linebridge.report.targets import target_rows, targets_section
-from linebridge.report.training import convergence_section, convergence_value
+from linebridge.report.training import convergence_section
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,7 +53,6 @@ STUDY = {
     "power_sims": 20,
     "null_control": {"a": "A3", "b": "A3r", "metric": "cross_gt.delta_e_tone"},
     "alpha": 0.05,
-    "convergence_gain": 0.02,
     "method": "A3",
     "reference_arm": "A0",
     "targets": [
@@ -228,7 +228,7 @@ def test_convergence_table_and_old_history_files(tree):
     write_training(tree, "A0-s0", [1.0, 0.8, 0.5, 0.495])  # 1 % over the last quarter: converged
     write_training(tree, "A3-s0", [1.0, 0.8, 0.5, 0.45], wall=False)  # 10 %: not converged; history without wall_s
     write_training(tree, "A4-s0", [1.0, 0.9], wall=False, summary=False)  # no summary, no wall time anywhere
-    lines = convergence_section(tree, STUDY)
+    lines = convergence_section(tree, STUDY, 0.02)
     row = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ")}
     assert row["A0-s0"] == "| A0-s0 | 400 | 4 | 4 | 1.0 % | yes | 10.0 |"
     assert row["A3-s0"] == "| A3-s0 | 400 | 4 | 4 | 10.0 % | no | 10.0 |"

@@ -210,3 +210,42 @@ def test_torchrun_ddp_matches_single_process(in_study, reference_run, tmp_path):
     assert diff < 2e-3
     rows = lambda p: [float(r["val_loss"]) for r in csv.DictReader((p / "history.csv").open())]  # noqa: E731
     assert rows(out) == pytest.approx(rows(reference_run), rel=1e-3)
+
+
+def test_convergence_stop_then_longer_cap_replays_an_unstopped_run(in_study, tmp_path, sha, same_state):
+    """A constant-lr run stopped by the rule and resumed under a longer cap, without the stop, ends in the same bytes
+    as a run that trained that long in one go: the stop keys change no step (the benchmark's "2 × past the stop")."""
+    import json
+
+    constant = ["--set", "train.lr_schedule=constant"]
+    stop = [
+        "--set",
+        "train.stop_at_convergence=true",
+        "--set",
+        "train.convergence_gain=10",
+        "--set",
+        "train.min_epochs=2",
+    ]
+    assert run_train(tmp_path / "stopped", *constant, *stop) == 0  # a gain of 10 (1000 %) holds at the first check
+    summary = json.loads((tmp_path / "stopped" / "metrics.json").read_text())
+    assert summary["epochs_run"] == 2 and summary["converged"]
+    longer = ["--set", "train.epochs=4", "--set", "train.stop_at_convergence=false"]
+    assert run_train(tmp_path / "stopped", *constant, *longer, "--resume") == 0
+    assert run_train(tmp_path / "straight", *constant, *longer) == 0
+    stopped, straight = (checkpoint.load(tmp_path / d / "last.pt", kind=None) for d in ("stopped", "straight"))
+    assert same_state(stopped, straight)
+    assert sha(tmp_path / "stopped" / "history.csv") == sha(tmp_path / "straight" / "history.csv")
+
+
+def test_constant_schedule_is_the_warm_up_then_the_learning_rate():
+    from linebridge.bbdm.train import make_scheduler
+
+    cfg = load_config("A3", "tiny", ["train.lr_schedule=constant", "train.warmup_steps=4", "train.lr=1e-3"])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg["train"]["lr"])
+    sched = make_scheduler(opt, cfg, steps_per_epoch=3)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3])

@@ -38,6 +38,7 @@ from linebridge.data.batches import (
     tone_regions,
     validation_rng,
 )
+from linebridge.data.styles import restyle
 
 
 class EMA:
@@ -83,10 +84,15 @@ def lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
 
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
-    """The per-step lr schedule of `lr_factor` over train.epochs × steps_per_epoch steps."""
+    """The per-step lr schedule: `lr_factor` over train.epochs × steps_per_epoch steps (cosine), or the warm-up
+    then train.lr for as long as the run lasts (constant: the length of a run stopped by the convergence rule is
+    not known in advance; the EMA weights, which validation and sampling use, do the averaging a decay would)."""
     tc = cfg["train"]
+    warmup = tc["warmup_steps"]
+    if tc["lr_schedule"] == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / max(1, warmup)))
     total, floor = tc["epochs"] * steps_per_epoch, tc["lr_min"] / tc["lr"]
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total, tc["warmup_steps"], floor))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total, warmup, floor))
 
 
 def train_step(
@@ -162,15 +168,18 @@ def diffusion_loss(
 
 @torch.no_grad()
 def validate(net: nn.Module, bridge: BrownianBridge, dataset, cfg: Config, device: torch.device) -> float:
-    """Loss averaged over `val_timesteps` fixed-seed timesteps per sample: comparable across epochs."""
+    """The training objective on held-out drawings: loss averaged over `val_timesteps` fixed-seed timesteps per
+    sample, drawn as training draws them (train.t_high_share), so the convergence rule follows what the run
+    optimises; comparable across epochs, and across recipes of equal t_high_share."""
     net.eval()
+    high_share = cfg["train"]["t_high_share"]
     total, count = 0.0, 0
     with validation_rng(cfg):
         for idx in batches(dataset, cfg["train"]["batch_size"], 0, 0, shuffle=False, drop_last=False):
             batch = collate(dataset, idx, device)
             ref = reference_for(batch["GT"], cfg)
             for _ in range(cfg["train"]["val_timesteps"]):
-                t = torch.randint(0, bridge.num_timesteps, (len(idx),)).to(device)
+                t = training_timesteps(len(idx), bridge.num_timesteps, high_share).to(device)
                 noise = torch.randn(batch["GT"].shape).to(device)
                 with autocast(device):
                     loss, _ = diffusion_loss(net, bridge, batch, ref, cfg, t, noise)
@@ -240,6 +249,7 @@ def train(
     ema = EMA(net, tc["ema_rate"], tc["ema_start"])
     donors = SameToneDonors(train_set) if cfg["augment"]["reference_source"] == "same_tone" else None
     regions = tone_regions(train_set) if cfg["loss"]["tone_weight"] != 1.0 else None
+    styles = cfg["augment"]["line_styles"]
 
     def restore(state: dict[str, Any]) -> None:
         net.load_state_dict(state["model"])
@@ -261,6 +271,7 @@ def train(
             bar = run.progress(epoch_batches, progress)
             for i, idx in enumerate(bar):
                 batch = collate(train_set, idx, device)
+                batch["lineart"] = restyle(batch["lineart"], batch["GT"], styles["share"], styles["families"])
                 if regions is not None:
                     batch["tone"] = regions[idx].to(device)
                 source = batch["GT"] if donors is None else collate(train_set, donors.pick(idx), device)["GT"]

@@ -32,6 +32,9 @@ NO_BAD_STEP = 2**62
 # Keys that change no number a run produces: a checkpoint saved under other values of
 # these still resumes (perf switches change float rounding only, not the maths).
 RESUMABLE_KEYS = ("description", "perf.", "eval.", "tune.", "train.checkpoint_every", "train.sample_every")
+# Keys that only say when to stop: under a constant learning rate they change no step already taken or still to
+# come, so a finished run resumes under a longer cap (`--set train.epochs=N`) or with the convergence stop off.
+STOP_KEYS = ("train.epochs", "train.stop_at_convergence", "train.convergence_gain", "train.min_epochs")
 HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "lr"]
 
 EpochCallback = Callable[[int, float], None]
@@ -72,7 +75,25 @@ def config_changes(saved: Config, cfg: Config) -> list[str]:
     """`key: old → new` for every setting that differs and changes what training computes."""
     old, new = flatten(saved), flatten(cfg)
     changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    return [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed if not k.startswith(RESUMABLE_KEYS)]
+    free = RESUMABLE_KEYS + (
+        STOP_KEYS if old.get("train.lr_schedule") == new.get("train.lr_schedule") == "constant" else ()
+    )
+    return [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed if not k.startswith(free)]
+
+
+def convergence_value(history: list[dict[str, Any]]) -> float | None:
+    """Relative fall of validation loss over the last quarter of the steps; None with fewer than two epochs.
+
+    The earlier point is the history row whose step is closest to 0.75 × the final step, but at least one epoch
+    before the last: (val_loss there − final val_loss) / val_loss there. A run still improving by more than
+    train.convergence_gain over its last quarter would have gained from more steps; one below it has converged.
+    """
+    if len(history) < 2:
+        return None
+    final = history[-1]
+    target = 0.75 * final["step"]
+    there = min(history[:-1], key=lambda r: abs(r["step"] - target))
+    return (there["val_loss"] - final["val_loss"]) / there["val_loss"]
 
 
 def limited(dataset, n: int):
@@ -118,7 +139,13 @@ class TrainingRun:
     def __init__(self, cfg: Config, paths: Paths, kind: str, epochs: int, ddp: Dist, log_mlflow: bool) -> None:
         self.cfg, self.paths, self.kind, self.epochs, self.ddp = cfg, paths, kind, epochs, ddp
         self.log_mlflow = log_mlflow and ddp.main
-        self.patience, self.min_delta = cfg["train"]["patience"], cfg["train"]["min_delta"]
+        tc = cfg["train"]
+        self.patience, self.min_delta = tc["patience"], tc["min_delta"]
+        self.stop_at_convergence, self.gain, self.min_epochs = (
+            tc["stop_at_convergence"],
+            tc["convergence_gain"],
+            tc["min_epochs"],
+        )
         self.epoch, self.step, self.best_val, self.bad_epochs = 0, 0, math.inf, 0
         self.history: list[dict[str, Any]] = []
         self.wall = 0.0
@@ -136,8 +163,16 @@ class TrainingRun:
         return self.paths.out / "epochs" / f"epoch_{epoch:03d}.pt"
 
     @property
+    def converged(self) -> bool:
+        """The convergence rule holds (after train.min_epochs epochs): validation loss fell less than
+        train.convergence_gain over the last quarter of the steps."""
+        value = convergence_value(self.history)
+        return len(self.history) >= self.min_epochs and value is not None and value < self.gain
+
+    @property
     def going(self) -> bool:
-        return self.epoch < self.epochs and not self.stopped_early
+        """Another epoch: below the cap (train.epochs), no early stop, and not converged when that stops the run."""
+        return self.epoch < self.epochs and not self.stopped_early and not (self.stop_at_convergence and self.converged)
 
     def progress(self, epoch_batches: list, show: bool):
         """This epoch's batches under a progress bar (rank 0 only, and only when `show`)."""
@@ -262,9 +297,9 @@ class TrainingRun:
                 },
                 self.epoch,
             )
-            if sample is not None and (self.epoch % tc["sample_every"] == 0 or self.epoch == self.epochs):
+            if sample is not None and (self.epoch % tc["sample_every"] == 0 or not self.going):
                 tracking.log_file(sample(self.paths.out / "samples" / f"epoch_{self.epoch:03d}.png"), "samples")
-        if main and (self.epoch % tc["checkpoint_every"] == 0 or self.epoch == self.epochs or self.stopped_early):
+        if main and (self.epoch % tc["checkpoint_every"] == 0 or not self.going):
             state = {
                 "kind": self.kind,
                 "config": self.cfg,
@@ -298,6 +333,7 @@ class TrainingRun:
             "epochs_run": self.epoch,
             "steps": self.step,
             "stopped_early": self.stopped_early,
+            "converged": self.converged,  # the rule at the last epoch, whether or not it stopped the run
             "train_images": train_images,
             "wall_time_s": round(self.wall, 1),
             "epoch_wall_s": self.epoch_walls,  # training seconds at each epoch's end (history.csv stays byte-stable)

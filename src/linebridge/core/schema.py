@@ -60,12 +60,18 @@ class Jitter(Section):
     hue: Annotated[float, Field(ge=0, le=0.5, allow_inf_nan=False)]
 
 
+class LineStyles(Section):
+    share: Fraction
+    families: list[Literal["width", "fill", "extract", "blur"]]
+
+
 class Augment(Section):
     use_tps: bool
     tps_scale: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
     reference_jitter: Jitter
     shared_jitter: Jitter
     reference_source: Literal["self", "same_tone"]
+    line_styles: LineStyles
 
 
 class Bridge(Section):
@@ -108,6 +114,7 @@ class Train(Section):
     weight_decay: NonNegFloat
     betas: Annotated[list[Fraction], Field(min_length=2, max_length=2)]
     warmup_steps: NonNegInt
+    lr_schedule: Literal["cosine", "constant"]
     lr_min: NonNegFloat
     grad_clip: PosFloat
     ema_rate: Fraction
@@ -121,6 +128,9 @@ class Train(Section):
     max_val_images: NonNegInt
     keep_epochs: bool
     t_high_share: Fraction
+    stop_at_convergence: bool
+    convergence_gain: PosFloat
+    min_epochs: PosInt
 
 
 class Perf(Section):
@@ -297,7 +307,6 @@ class Study(Section):
     power_seeds: Annotated[list[Annotated[int, Field(ge=2)]], Field(min_length=1)]
     power_sims: PosInt
     alpha: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
-    convergence_gain: PosFloat
     method: str
     reference_arm: str
     targets: list[Target]

@@ -35,6 +35,7 @@ from linebridge.data.splits import (
     SPLITS,
     protocol_dir,
 )
+from linebridge.data.styles import STYLE_PROTOCOLS
 
 PREPARE_HINT = "run `linebridge prepare` (or `dvc repro prepare`) first"
 
@@ -112,23 +113,27 @@ class PreparedOpenMoji(_InMemory):
 
 
 class ProtocolDataset(_InMemory):
-    """The fixed items of one protocol (self | cross_gt | cross_random) of a split (test | val).
+    """The fixed items of one protocol (self | cross_gt | cross_random) of a split (test | val), with the line
+    art as drawn or, with `style`, re-drawn in one unseen style (`styles.STYLE_PROTOCOLS`).
 
     split="test" reads `protocols/<name>.csv`, split="val" reads `protocols/val/<name>.csv`:
     the same protocols over the val items, for choosing checkpoints without touching test.
 
     An item is `id` (cross_gt: `TARGET_rK`, the K-th reference for the target; else the target itself) with the
     line art and ground truth of `gt`. Items also carry `ref_id` (the emoji the reference was made from) and `mask`
-    [1,H,W] float 0/1: the tone region for cross_gt (where ΔE is measured), all ones
-    for self and cross_random, so every protocol has the same keys.  For cross_random
-    `GT` is the item's own colour image, useful only for FID/SWD (the reference is
-    another emoji, so there is no paired ground truth).
+    [1,H,W] float 0/1: the tone region for cross_gt (where ΔE is measured; a style's inked pixels left out), all
+    ones for self and cross_random, so every protocol has the same keys; and `line_thin`, the drawing's own line
+    art (= `lineart` without a style), which the ground truth keeps: the metrics leave the lines of both out.
+    For cross_random `GT` is the item's own colour image, useful only for FID/SWD (the reference is another
+    emoji, so there is no paired ground truth).
     """
 
-    def __init__(self, prepared_dir: str | Path, protocol: str, split: str = "test") -> None:
+    def __init__(self, prepared_dir: str | Path, protocol: str, split: str = "test", style: str | None = None) -> None:
         root = Path(prepared_dir)
         if protocol not in PROTOCOLS:
             raise UserError(f"protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
+        if style is not None and style not in STYLE_PROTOCOLS:
+            raise UserError(f"line style {style!r}: use one of {', '.join(STYLE_PROTOCOLS)}")
         if split not in PROTOCOL_SPLITS:
             raise UserError(f"protocol split {split!r}: use one of {', '.join(PROTOCOL_SPLITS)}")
         folder = root / protocol_dir(split) / protocol
@@ -149,13 +154,20 @@ class ProtocolDataset(_InMemory):
         self.ref_ids = [r["ref_source"] for r in rows]
         self.groups = [r["group"] for r in rows]  # the drawing each item is a variant of (for clustered statistics)
         self.ref_groups = [r["ref_group"] for r in rows]  # the drawing its reference comes from (crossed with groups)
+        thin = torch.stack([_png(root / "line" / f"{r['gt']}.png", "L") for r in rows])
+        lines = root / "styles" / style if style else root / "line"
+        if style and not lines.is_dir():
+            raise UserError(f"{lines}: missing; the prepared data predates the unseen-style protocols; {PREPARE_HINT}")
         self.tensors = {
             "GT": torch.stack([_png(root / "colour" / f"{r['gt']}.png", "RGB") for r in rows]),
-            "lineart": torch.stack([_png(root / "line" / f"{r['gt']}.png", "L") for r in rows]),
+            "lineart": torch.stack([_png(lines / f"{r['gt']}.png", "L") for r in rows]) if style else thin,
+            "line_thin": thin,
             "ref": torch.stack([_png(folder / "ref" / f"{r['id']}.png", "RGB") for r in rows]),
         }
         if protocol == "cross_gt":
-            self.tensors["mask"] = torch.stack([_png(folder / "mask" / f"{r['id']}.png", "L") for r in rows])
+            mask = torch.stack([_png(folder / "mask" / f"{r['id']}.png", "L") for r in rows])
+            # what the style inks over the tone region is not the model's to colour: left out of the score
+            self.tensors["mask"] = torch.where(self.tensors["lineart"] < 128, 0, mask) if style else mask
         else:
             self.tensors["mask"] = torch.full_like(self.tensors["lineart"], 255)
 

@@ -217,21 +217,30 @@ def render_colour(svg_text: str, size: int) -> Image.Image:
     return _flatten(_render(svg_text, size))
 
 
-def render_lineart(svg_text: str, size: int) -> Image.Image:
-    """Only the `line*` groups, all paint black, on white: mode L, dark lines on white."""
-    return render_colour(lineart_svg(svg_text), size).convert("L")
+def render_lineart(svg_text: str, size: int, stroke_scale: float = 1.0) -> Image.Image:
+    """Only the `line*` groups, all paint black, on white: mode L, dark lines on white.
+
+    `stroke_scale` multiplies every stroke width (the unseen-style protocol `thick`).
+    """
+    return render_colour(lineart_svg(svg_text, stroke_scale), size).convert("L")
 
 
-def lineart_svg(svg_text: str) -> str:
-    """The SVG with only its `line*` groups, every fill/stroke that is not `none` set to black."""
+def lineart_svg(svg_text: str, stroke_scale: float = 1.0) -> str:
+    """The SVG with only its `line*` groups, every fill/stroke that is not `none` set to black, strokes
+    `stroke_scale` × as wide (a line group gets the scaled default width of 1 for the elements that inherit it)."""
     root = ET.fromstring(svg_text)
     for child in list(root):
         if not (child.get("id") or "").startswith("line"):
             root.remove(child)
+        elif stroke_scale != 1.0 and child.get("stroke-width") is None:
+            child.set("stroke-width", "1")  # SVG's default, scaled below like every other width
     for element in root.iter():
         for attr in ("fill", "stroke"):
             if element.get(attr, "none") != "none":
                 element.set(attr, "#000000")
+        width = element.get("stroke-width")
+        if stroke_scale != 1.0 and width is not None:
+            element.set("stroke-width", f"{float(width) * stroke_scale:g}")
     return ET.tostring(root, encoding="unicode")
 
 

@@ -12,6 +12,8 @@ From the SVGs in `data.raw_dir` it writes `data.prepared_dir`:
     protocols/val/<name>.csv              the same three protocols over the val items,
     protocols/val/<name>/ref/<id>.png     built the same way from val emoji only
     protocols/val/cross_gt/mask/<id>.png  (tone masks over the val tone families)
+    styles/<style>/<id>.png  the val and test line art re-drawn in each unseen style (`styles.STYLE_PROTOCOLS`:
+                             strokes 2.5 × as wide from the SVG, dark fills inked, lines extracted by XDoG)
 
 Splits are by drawing: a group is a connected component of emoji that share a base emoji
 (`openmoji.group_key`) or an identical line layer (`openmoji.drawing_groups`), so no
@@ -64,6 +66,7 @@ from linebridge.data.splits import (
     spread,
     stratify_toned,
 )
+from linebridge.data.styles import STYLE_PROTOCOLS
 
 CONTACT_SHEET = Path("reports/figures/data_contact_sheet.png")
 SUMMARY = Path("metrics/data.json")  # info.json's committed copy: splits and the design of the protocols
@@ -295,6 +298,8 @@ def _render_all(
     """Render colour and line art PNGs into `tmp`; returns kept emojis, skipped ids, val and test colours."""
     (tmp / "colour").mkdir()
     (tmp / "line").mkdir()
+    for style in STYLE_PROTOCOLS:
+        (tmp / "styles" / style).mkdir(parents=True)
     kept: list[Emoji] = []
     skipped: list[str] = []
     eval_colour: dict[str, np.ndarray] = {}
@@ -313,7 +318,30 @@ def _render_all(
         kept.append(e)
         if e.split in PROTOCOL_SPLITS:
             eval_colour[e.id] = np.asarray(colour)
+            for style, image in restyled(svg, size, colour, line).items():
+                image.save(tmp / "styles" / style / f"{e.id}.png")
     return kept, skipped, eval_colour
+
+
+def restyled(svg: str, size: int, colour: Image.Image, line: Image.Image) -> dict[str, Image.Image]:
+    """The line art of one val/test picture in each unseen style (mode L, dark lines on white)."""
+    import torch
+
+    from linebridge.data import styles
+
+    def tensor(image: Image.Image) -> torch.Tensor:
+        array = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1)
+        return array.permute(2, 0, 1)[None] if array.ndim == 3 else array[None, None]
+
+    def image(t: torch.Tensor) -> Image.Image:
+        return Image.fromarray(((t[0, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy(), "L")
+
+    rgb, lines = tensor(colour), tensor(line)
+    return {
+        "thick": render_lineart(svg, size, styles.STROKE_SCALE),
+        "filled": image(styles.fill_dark(lines, rgb)),
+        "extracted": image(styles.extract(rgb)),
+    }
 
 
 def _write_protocols(

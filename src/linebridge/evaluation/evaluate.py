@@ -42,6 +42,7 @@ from linebridge.core.io import save_with, write_atomic, write_json
 from linebridge.core.runs import save_sample_grid
 from linebridge.data.datasets import ProtocolDataset
 from linebridge.data.splits import GRID_ITEMS, PROTOCOLS, spread
+from linebridge.data.styles import STYLE_PROTOCOLS
 from linebridge.evaluation import metrics as M
 from linebridge.evaluation.stats import bootstrap_ci
 
@@ -63,14 +64,23 @@ def stratified(groups: list[str], per_group: int) -> list[int]:
     return keep
 
 
+STYLED = ("self", "cross_gt")  # the protocols re-run with the line art in each unseen style
+
+
+def style_protocols() -> tuple[str, ...]:
+    """`PROTOCOL-STYLE` names of the unseen-style protocols (self-thick, cross_gt-thick, …)."""
+    return tuple(f"{p}-{style}" for style in STYLE_PROTOCOLS for p in STYLED)
+
+
 def load_protocol(
     prepared_dir: Path, protocol: str, max_per_group: int = 0, limit: int = 0, split: str = "test"
 ) -> dict[str, Any]:
     """One protocol's items as stacked tensors: every cross_gt triple; self and cross_random
     group-stratified (at most `max_per_group` variants of each drawing), so no drawing with
     many variants dominates; `limit` then keeps items spread evenly over them (the sweep's
-    budget on the validation split)."""
-    ds = ProtocolDataset(prepared_dir, protocol, split)
+    budget on the validation split). `PROTOCOL-STYLE` is the protocol with the line art in an unseen style."""
+    protocol, _, style = protocol.partition("-")
+    ds = ProtocolDataset(prepared_dir, protocol, split, style or None)
     keep = stratified(ds.groups, 0 if protocol == "cross_gt" else max_per_group)
     items = [ds[keep[i]] for i in (spread(len(keep), limit) if limit and limit < len(keep) else range(len(keep)))]
     return {
@@ -81,7 +91,9 @@ def load_protocol(
 
 def per_image_metrics(fake: Tensor, data: dict[str, Any], protocol: str) -> dict[str, Any]:
     """Per-image values (tensors [N]) or an `unavailable` dict for each metric."""
-    gt, line = data["GT"], data["lineart"]
+    gt = data["GT"]
+    line = torch.minimum(data["lineart"], data["line_thin"])  # in an unseen style: both drawings' lines left out
+    protocol = protocol.partition("-")[0]
     values: dict[str, Any] = {"edge_iou": M.edge_iou(fake, gt)}
     if protocol != "cross_random":
         values["psnr"] = M.psnr(fake, gt).clamp(max=PSNR_CAP)
@@ -91,6 +103,8 @@ def per_image_metrics(fake: Tensor, data: dict[str, Any], protocol: str) -> dict
         values.update(M.regional_colour_error(fake, gt, line))
     if protocol == "cross_gt":
         values["delta_e_tone"] = M.colour_error(fake, gt, mask=data["mask"])
+        values["tone_lightness"] = M.masked_lightness(fake, data["mask"])  # its slope on the next: the report's
+        values["tone_lightness_gt"] = M.masked_lightness(gt, data["mask"])  # "does the skin follow the tone?"
     return values
 
 
@@ -151,7 +165,7 @@ def evaluate(
     cfg: dict[str, Any],
     out_dir: Path,
     sampler: Sampler,
-    protocols: tuple[str, ...] = PROTOCOLS,
+    protocols: tuple[str, ...] = PROTOCOLS + style_protocols(),
 ) -> dict[str, Any]:
     """Sample and score each protocol; writes PROTOCOL.json/.csv/.png into out_dir."""
     from linebridge.evaluation.metrics import EDGE_IOU_DEFINITION

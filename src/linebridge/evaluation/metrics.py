@@ -320,6 +320,15 @@ def colour_error(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Te
     return delta.mean(dim=(1, 2)) if mask is None else _masked_mean(delta, mask)
 
 
+def masked_lightness(images: Tensor, mask: Tensor) -> Tensor:
+    """Per-image mean CIELAB L* (0–100) where `mask` is true; NaN for an empty mask.
+
+    On cross_gt's tone region, output against ground truth across items gives the skin-lightness slope: 1 when
+    the output's skin follows the ground truth's tone fully, 0 when it ignores it.
+    """
+    return _masked_mean(rgb_to_lab(images)[:, 0].double(), mask)
+
+
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Per-image mean of `values` [B, H, W] where `mask` is true; NaN for an empty mask (0/0)."""
     weight = mask.reshape(values.shape).to(values.dtype)

@@ -24,6 +24,7 @@ from linebridge.report.fmt import LABELS
 from linebridge.report.read import GroupLookup, prepared_groups, read_json
 from linebridge.report.side import objectives_section, sweep_section, tune_section
 from linebridge.report.study import arm_runs, arm_seeds, load_study
+from linebridge.report.styles import style_section
 from linebridge.report.tables import arm_descriptions, arm_table, protocol_tables
 from linebridge.report.targets import target_lines, target_rows, targets_section, truth_checks
 from linebridge.report.training import (
@@ -169,9 +170,13 @@ def build_report(root: Path, groups: GroupLookup | None = None) -> tuple[str, li
     if reasons:
         lines += ["¹ Unavailable metrics:", ""] + [f"- {LABELS[k]}: {v}" for k, v in sorted(reasons.items())] + [""]
     lines += definitions() + [
+        "## Unseen line styles",
+        "",
+        *style_section(root, study, runs),
+        "",
         "## Convergence",
         "",
-        *convergence_section(root, study),
+        *convergence_section(root, study, cfg["train"]["convergence_gain"]),
         "",
         "## Learning efficiency (new against old training recipe)",
         "",

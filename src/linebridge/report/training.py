@@ -6,23 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from linebridge.core.config import study_runs
+from linebridge.core.runs import convergence_value
 from linebridge.report.fmt import minutes, show, table
 from linebridge.report.read import Curves, read_history, read_json, train_file
-
-
-def convergence_value(history: list[dict[str, Any]]) -> float | None:
-    """Relative fall of validation loss over the last quarter of the steps; None with fewer than two epochs.
-
-    The earlier point is the history row whose step is closest to 0.75 × the final step, but at least one epoch
-    before the last: (val_loss there − final val_loss) / val_loss there. A run still improving by more than
-    study.convergence_gain over its last quarter would have gained from more steps.
-    """
-    if len(history) < 2:
-        return None
-    final = history[-1]
-    target = 0.75 * final["step"]
-    there = min(history[:-1], key=lambda r: abs(r["step"] - target))
-    return (there["val_loss"] - final["val_loss"]) / there["val_loss"]
 
 
 def training_minutes(summary: dict[str, Any] | None, history: list[dict[str, Any]]) -> float | None:
@@ -34,9 +20,8 @@ def training_minutes(summary: dict[str, Any] | None, history: list[dict[str, Any
     return None
 
 
-def convergence_section(root: Path, study: dict[str, Any]) -> list[str]:
+def convergence_section(root: Path, study: dict[str, Any], gain: float) -> list[str]:
     """For every BBDM run: steps, epochs, best epoch, the convergence rule's value and its yes/no."""
-    gain = study["convergence_gain"]
     rows = []
     for run in study_runs(study):
         summary = read_json(train_file(root, run, "json"))

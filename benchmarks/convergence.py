@@ -1,0 +1,166 @@
+"""Time to convergence: training-loop seconds until the convergence rule holds, and validation quality then.
+
+For each arm (default A0, A3, A5; seed 0) it trains two recipes, one process at a time with every core:
+
+    before  the recipe the previous study used, trained a fixed 24 epochs (its overrides: BEFORE below)
+    after   params.yaml as it stands: the run stops at the first epoch end where the rule holds (train.epochs caps it)
+
+and writes, per arm and recipe, the epoch where the rule first holds (train.convergence_gain over the last quarter
+of the steps, not before train.min_epochs), the training-loop seconds up to there (the loop only: validation,
+sample grids and checkpoints excluded) and the validation quality of that epoch's EMA weights under the study's
+sampler (params.yaml `eval`): self PSNR / SSIM / tint and cross_gt tone ΔE00 on the validation protocols
+(`--val-items` items each). `ratio` = after / before loop seconds. A 24-epoch run whose rule never holds is
+reported at its last epoch.
+
+    python benchmarks/convergence.py                      # both recipes, A0 A3 A5, seed 0 → metrics/convergence.json
+    python benchmarks/convergence.py --extend 2           # then: each `after` run continued to 2 × its stopping
+                                                          # epoch; its validation quality there beside the stop's
+    python benchmarks/convergence.py --seeds 1 --recipes after   # more seeds of the new recipe: the seed spread
+
+Resumable: every run trains into outputs/bench/convergence/RECIPE/ARM-sSEED with --resume, and the JSON is
+rewritten after each result, so a killed benchmark goes on where it stopped. Timings compare only within one
+sitting on one machine (the JSON records the host and the date of each run); run it with nothing else on the
+machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from linebridge.core.config import load_config, repo_root
+from linebridge.core.io import write_json
+from linebridge.core.runs import convergence_value
+from linebridge.evaluation.evaluate import study_quality, validation_sets
+
+# The previous study's recipe and network, as overrides of today's params.yaml.
+BEFORE = [
+    "train.epochs=24",
+    "train.batch_size=8",
+    "train.lr=2.0e-4",
+    "train.lr_schedule=cosine",
+    "train.lr_min=2.0e-5",
+    "train.warmup_steps=100",
+    "train.ema_rate=0.995",
+    "train.ema_start=200",
+    "train.stop_at_convergence=false",
+    "model.heads=8",
+    "model.dim_head=32",
+]
+RECIPES = {"before": BEFORE, "after": []}
+KEEP = ["train.keep_epochs=true"]  # every epoch's weights: the quality at the stopping epoch and at 2 × it
+
+
+def first_converged(history: list[dict[str, Any]], gain: float, min_epochs: int) -> int | None:
+    """The first epoch (1-based) at whose end the rule holds, as the training loop checks it; None if never."""
+    for n in range(min_epochs, len(history) + 1):
+        value = convergence_value(history[:n])
+        if value is not None and value < gain:
+            return n
+    return None
+
+
+def train(run: str, out: Path, sets: list[str]) -> None:
+    cmd = [sys.executable, "-m", "linebridge.cli", "train", "--experiment", run, "--out", str(out), "--resume"]
+    cmd += ["--no-mlflow", *[a for s in sets for a in ("--set", s)]]
+    print("$", " ".join(cmd[2:]), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def summarise(out: Path, cfg: dict[str, Any], data: dict[str, Any], at: int | None = None) -> dict[str, Any]:
+    """The run in `out` at the epoch where the rule first holds (or its last epoch, or epoch `at`)."""
+    tc = cfg["train"]
+    history = json.loads((out / "metrics.json").read_text())
+    walls = history["epoch_wall_s"]
+    rows = load_history(out)
+    stop = first_converged(rows, tc["convergence_gain"], tc["min_epochs"])
+    epoch = at or stop or len(rows)
+    value = convergence_value(rows[:epoch])
+    quality = study_quality(out / "epochs" / f"epoch_{epoch:03d}.pt", cfg, data)
+    return {
+        "epoch": epoch,
+        "steps": int(rows[epoch - 1]["step"]),
+        "loop_s": walls[epoch - 1],
+        "rule_holds": stop is not None and epoch >= stop,
+        "val_loss_fall_last_quarter": None if value is None else round(value, 4),
+        "val_loss": rows[epoch - 1]["val_loss"],
+        "quality": {k: round(v, 4) for k, v in quality.items()},
+    }
+
+
+def load_history(out: Path) -> list[dict[str, Any]]:
+    import csv
+
+    with (out / "history.csv").open() as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arms", nargs="+", default=["A0", "A3", "A5"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
+    parser.add_argument("--extend", type=float, default=0, help="continue each `after` run to this × its stop")
+    parser.add_argument("--val-items", type=int, default=160, help="validation items per protocol (self, cross_gt)")
+    parser.add_argument("--out", default="metrics/convergence.json")
+    args = parser.parse_args()
+    root = repo_root()
+    out_json = root / args.out
+    record = json.loads(out_json.read_text()) if out_json.exists() else {"runs": {}}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    record.update(
+        {
+            "command": "python benchmarks/convergence.py (see each run's `command` and `commit`)",
+            "threads": int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)),
+            "before_overrides": BEFORE,
+        }
+    )
+    sitting = {"host": platform.node(), "date": datetime.date.today().isoformat(), "commit": commit}
+    sitting["command"] = " ".join(["python benchmarks/convergence.py", *sys.argv[1:]])
+    for recipe in args.recipes:
+        for arm in args.arms:
+            for seed in args.seeds:
+                run = f"{arm}-s{seed}"
+                key = f"{recipe}/{run}"
+                folder = root / "outputs" / "bench" / "convergence" / recipe / run
+                sets = RECIPES[recipe] + KEEP + [f"eval.sweep_images={args.val_items}"]
+                cfg = load_config(run, overrides=sets)
+                data = validation_sets(cfg)
+                entry = record["runs"].get(key)
+                if entry is None or not (folder / "metrics.json").exists():
+                    train(run, folder, sets)
+                    entry = {**sitting, **summarise(folder, cfg, data)}
+                    record["runs"][key] = entry
+                    write_json(out_json, ratios(record))
+                if recipe == "after" and args.extend and "extended" not in entry:
+                    longer = int(round(args.extend * entry["epoch"]))
+                    extra = [f"train.epochs={longer}", "train.stop_at_convergence=false"]
+                    train(run, folder, sets + extra)
+                    cfg = load_config(run, overrides=sets + extra)
+                    later = summarise(folder, cfg, data, at=longer)
+                    entry["extended"] = {**sitting, "times": args.extend, **later}
+                    write_json(out_json, ratios(record))
+    print(json.dumps(ratios(record), indent=2))
+    return 0
+
+
+def ratios(record: dict[str, Any]) -> dict[str, Any]:
+    """`ratio` per run: the new recipe's loop seconds to convergence over the previous recipe's 24 epochs."""
+    runs = record["runs"]
+    record["ratio"] = {
+        run.split("/", 1)[1]: round(runs[run]["loop_s"] / runs[f"before/{run.split('/', 1)[1]}"]["loop_s"], 3)
+        for run in runs
+        if run.startswith("after/") and f"before/{run.split('/', 1)[1]}" in runs
+    }
+    return record
+
+
+if __name__ == "__main__":
+    sys.exit(main())
