@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test test-fast tune objectives demo clean-venv
+.PHONY: setup repro test test-fast verify tune objectives demo clean-venv
 
 setup: $(STAMP)
 
@@ -18,15 +18,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test,demo,dashboard,controlnet]'
 	touch $(STAMP)
 
-repro: $(STAMP)
+repro: $(STAMP)  # the whole study, stage by stage with progress and an ETA; killed, it goes on where it stopped
 	$(BIN)/linebridge data fetch
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/linebridge repro
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)  # all but the tests marked slow (servers, browser, torchrun, Optuna studies, dvc repro): for edit-test loops
 	$(BIN)/python -m pytest -q -m "not slow"
+
+verify: $(STAMP)  # re-score the released weights (weights/linebridge.safetensors) on the test protocols
+	$(BIN)/linebridge data fetch
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro prepare
+	$(BIN)/linebridge verify
 
 tune: $(STAMP)  # the Optuna study: not a DVC stage (it outlasts the study's budget); commit what it writes
 	$(BIN)/linebridge tune

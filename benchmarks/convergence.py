@@ -5,17 +5,19 @@ For each arm (default A0, A3, A5; seed 0) it trains two recipes, one process at 
     before  the recipe the previous study used, trained a fixed 24 epochs (its overrides: BEFORE below)
     after   params.yaml as it stands: the run stops at the first epoch end where the rule holds (train.epochs caps it)
 
-and writes, per arm and recipe, the epoch where the rule first holds (train.convergence_gain over the last quarter
-of the steps, not before train.min_epochs), the training-loop seconds up to there (the loop only: validation,
-sample grids and checkpoints excluded) and the validation quality of that epoch's EMA weights under the study's
-sampler (params.yaml `eval`): self PSNR / SSIM / tint and cross_gt tone ΔE00 on the validation protocols
-(`--val-items` items each). `ratio` = after / before loop seconds. A 24-epoch run whose rule never holds is
-reported at its last epoch.
+and writes, per arm and recipe, the training-loop seconds (the loop only: validation, sample grids and checkpoints
+excluded) and the validation quality of the EMA weights under the study's sampler (params.yaml `eval`: self PSNR /
+SSIM / tint and cross_gt tone ΔE00 on the validation protocols, `--val-items` items each) at the epoch where the
+run stops: for `after` the epoch where the convergence rule stopped it (`runs.converged_at`: validation loss fell
+less than train.convergence_gain over the last quarter of the steps, at two epoch ends in a row, not before
+train.min_epochs) or its cap; for `before` its 24th epoch, with the epoch where the rule first held, if it did.
+`ratio` = after / before loop seconds, per arm.
 
     python benchmarks/convergence.py                      # both recipes, A0 A3 A5, seed 0 → metrics/convergence.json
     python benchmarks/convergence.py --extend 2           # then: each `after` run continued to 2 × its stopping
                                                           # epoch; its validation quality there beside the stop's
     python benchmarks/convergence.py --seeds 1 --recipes after   # more seeds of the new recipe: the seed spread
+    python benchmarks/convergence.py --resummarise        # re-read every finished run (after a change of the rule)
 
 Resumable: every run trains into outputs/bench/convergence/RECIPE/ARM-sSEED with --resume, and the JSON is
 rewritten after each result, so a killed benchmark goes on where it stopped. Timings compare only within one
@@ -37,7 +39,7 @@ from typing import Any
 
 from linebridge.core.config import load_config, repo_root
 from linebridge.core.io import write_json
-from linebridge.core.runs import convergence_value
+from linebridge.core.runs import converged_at, convergence_value
 from linebridge.evaluation.evaluate import study_quality, validation_sets
 
 # The previous study's recipe and network, as overrides of today's params.yaml.
@@ -45,7 +47,7 @@ BEFORE = [
     "train.epochs=24",
     "train.batch_size=8",
     "train.lr=2.0e-4",
-    "train.lr_schedule=cosine",
+    "train.decay_epochs=24",
     "train.lr_min=2.0e-5",
     "train.warmup_steps=100",
     "train.ema_rate=0.995",
@@ -58,15 +60,6 @@ RECIPES = {"before": BEFORE, "after": []}
 KEEP = ["train.keep_epochs=true"]  # every epoch's weights: the quality at the stopping epoch and at 2 × it
 
 
-def first_converged(history: list[dict[str, Any]], gain: float, min_epochs: int) -> int | None:
-    """The first epoch (1-based) at whose end the rule holds, as the training loop checks it; None if never."""
-    for n in range(min_epochs, len(history) + 1):
-        value = convergence_value(history[:n])
-        if value is not None and value < gain:
-            return n
-    return None
-
-
 def train(run: str, out: Path, sets: list[str]) -> None:
     cmd = [sys.executable, "-m", "linebridge.cli", "train", "--experiment", run, "--out", str(out), "--resume"]
     cmd += ["--no-mlflow", *[a for s in sets for a in ("--set", s)]]
@@ -75,19 +68,19 @@ def train(run: str, out: Path, sets: list[str]) -> None:
 
 
 def summarise(out: Path, cfg: dict[str, Any], data: dict[str, Any], at: int | None = None) -> dict[str, Any]:
-    """The run in `out` at the epoch where the rule first holds (or its last epoch, or epoch `at`)."""
+    """The run in `out` where it stops (`after`: the rule or the cap; `before`: its last epoch) or at epoch `at`."""
     tc = cfg["train"]
-    history = json.loads((out / "metrics.json").read_text())
-    walls = history["epoch_wall_s"]
+    walls = json.loads((out / "metrics.json").read_text())["epoch_wall_s"]
     rows = load_history(out)
-    stop = first_converged(rows, tc["convergence_gain"], tc["min_epochs"])
-    epoch = at or stop or len(rows)
+    stop = converged_at(rows, tc["convergence_gain"], tc["min_epochs"])
+    epoch = at or (stop if tc["stop_at_convergence"] and stop else None) or min(len(rows), tc["epochs"])
     value = convergence_value(rows[:epoch])
     quality = study_quality(out / "epochs" / f"epoch_{epoch:03d}.pt", cfg, data)
     return {
         "epoch": epoch,
         "steps": int(rows[epoch - 1]["step"]),
         "loop_s": walls[epoch - 1],
+        "rule_first_held_at": stop,
         "rule_holds": stop is not None and epoch >= stop,
         "val_loss_fall_last_quarter": None if value is None else round(value, 4),
         "val_loss": rows[epoch - 1]["val_loss"],
@@ -110,6 +103,7 @@ def main() -> int:
     parser.add_argument("--extend", type=float, default=0, help="continue each `after` run to this × its stop")
     parser.add_argument("--val-items", type=int, default=160, help="validation items per protocol (self, cross_gt)")
     parser.add_argument("--out", default="metrics/convergence.json")
+    parser.add_argument("--resummarise", action="store_true", help="re-read the finished runs; train nothing")
     args = parser.parse_args()
     root = repo_root()
     out_json = root / args.out
@@ -134,6 +128,12 @@ def main() -> int:
                 cfg = load_config(run, overrides=sets)
                 data = validation_sets(cfg)
                 entry = record["runs"].get(key)
+                if args.resummarise:
+                    if entry is not None and (folder / "metrics.json").exists():
+                        kept = {k: entry[k] for k in ("host", "date", "commit", "command", "extended") if k in entry}
+                        entry = record["runs"][key] = {**kept, **summarise(folder, cfg, data)}
+                        write_json(out_json, ratios(record))
+                    continue
                 if entry is None or not (folder / "metrics.json").exists():
                     train(run, folder, sets)
                     entry = {**sitting, **summarise(folder, cfg, data)}
@@ -152,7 +152,7 @@ def main() -> int:
 
 
 def ratios(record: dict[str, Any]) -> dict[str, Any]:
-    """`ratio` per run: the new recipe's loop seconds to convergence over the previous recipe's 24 epochs."""
+    """`ratio` per run: the new recipe's loop seconds to its stop over the previous recipe's 24 epochs."""
     runs = record["runs"]
     record["ratio"] = {
         run.split("/", 1)[1]: round(runs[run]["loop_s"] / runs[f"before/{run.split('/', 1)[1]}"]["loop_s"], 3)

@@ -51,7 +51,8 @@ def make_study(root: Path, env: dict[str, str], runs: dict[str, str], **study: A
         shutil.copy(REPO / name, root / name)
     for folder in ("experiments", "tuned", "metrics/sweep"):  # the sweep: its committed record, read by the report
         shutil.copytree(REPO / folder, root / folder)
-    for name in ("tune.json", "objectives.json"):  # `make tune`'s and `make objectives`' committed results
+    # `make tune`'s, `make objectives`' and benchmarks/convergence.py's committed results
+    for name in ("tune.json", "objectives.json", "convergence.json"):
         shutil.copy(REPO / "metrics" / name, root / "metrics" / name)
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = yaml.safe_load((REPO / "params.yaml").read_text())

@@ -44,12 +44,14 @@ def ran(dvc_output: str) -> set[str]:
 
 
 def small_runs(study: dict) -> dict[str, str]:
-    """The study's runs that its other settings name: the first seed of the method and of the reference arm, and
-    the runs of the learning curves. The GAN baselines and the trivial rows stay (the method's targets name them)."""
+    """The study's runs that its other settings name: the first two seeds of the method (its null control splits
+    them) and the first seed of the reference arm. The GAN baselines and the trivial rows stay (the method's targets
+    name them)."""
     named = {study["method"], study["reference_arm"]}
     runs: dict[str, str] = {}
     for run, arm in study["runs"].items():
-        if run in study["curves"] or (arm in named and arm not in runs.values()):
+        taken = list(runs.values()).count(arm)
+        if arm in named and taken < (2 if arm == study["method"] else 1):
             runs[run] = arm
     return runs
 
@@ -132,7 +134,8 @@ def run_share(clone: Path, share: list[str], env: dict[str, str]) -> tuple[float
         (clone / "dvc.lock").unlink()
     sh(["git", "pull", "-q", "--rebase", "--autostash"], clone, env)
     sh(["dvc", "commit", "-q", "-f", *share], clone, env)
-    sh(["git", "add", "dvc.lock", "metrics", "reports"], clone, env)
+    published = [p for p in ("dvc.lock", "metrics", "reports", "weights") if (clone / p).exists()]  # git-tracked outs
+    sh(["git", "add", *published], clone, env)
     sh(["git", "commit", "-qm", f"{clone.name}: {' '.join(share)}"], clone, env)
     sh(["git", "push", "-q", "origin", "main"], clone, env)
     return clock.read()

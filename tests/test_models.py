@@ -102,7 +102,7 @@ def test_factory_builds_every_experiment():
 def test_model_info_counts_parameters():
     """A known count: A3's network before the newer options has 1 895 171 parameters (the old-config test below
     counts them on the network itself)."""
-    legacy = load_config("A3", None, [*LEGACY, "model.use_spatial_transformer=false"])
+    legacy = load_config("A3", None, [*LEGACY, *EIGHT_HEADS, "model.use_spatial_transformer=false"])
     assert model_info(legacy)["params_total"] == 1_895_171
     info = model_info(load_config("A3"))
     assert info["params_reference_encoder"] > 0 and info["gflops_forward"] > 0
@@ -131,6 +131,7 @@ NEW_KEYS = (
 # The network before these options existed: what a checkpoint config without the new keys builds.
 LEGACY = ["model.norm_groups=32", "model.zero_init=false", "model.scale_shift=false", "model.reference_downsample=16",
           "model.reference_positions=false"]  # fmt: skip
+EIGHT_HEADS = ["model.heads=8"]  # the default profile's attention before it went to 2 heads (the tiny one has 2)
 
 
 @pytest.mark.parametrize(
@@ -142,7 +143,8 @@ def test_old_configs_build_the_network_they_were_trained_with(experiment, profil
 
     The counts are those of the network before the options were added (then without the spatial transformer).
     """
-    cfg = load_config(experiment, profile, [*LEGACY, "model.use_spatial_transformer=false"])
+    heads = EIGHT_HEADS if profile is None else []
+    cfg = load_config(experiment, profile, [*LEGACY, *heads, "model.use_spatial_transformer=false"])
     old = {**cfg, "model": {k: v for k, v in cfg["model"].items() if k not in NEW_KEYS}}
     torch.manual_seed(0)
     net = build_model(cfg).eval()
@@ -157,7 +159,7 @@ def test_old_configs_build_the_network_they_were_trained_with(experiment, profil
 
 
 def test_paper_profile_keeps_the_original_network():
-    assert load_config("A3", "paper") == load_config("A3", "paper", LEGACY)
+    assert load_config("A3", "paper") == load_config("A3", "paper", [*LEGACY, *EIGHT_HEADS])
     assert model_info(load_config("A3", "paper"))["params_total"] == 284_238_979
 
 

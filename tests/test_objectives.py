@@ -11,6 +11,7 @@ from linebridge.report import objectives_section
 
 OBJECTIVES = ["grad", "ysubx", "noise"]
 ARGS = ["objectives", "--profile", "tiny", "--objectives", *OBJECTIVES, "--seeds", "0", "--steps", "3", "2"]
+ARGS += ["--epochs", "2"]
 
 
 def test_each_objective_is_trained_scored_and_reported(in_study, tmp_path, capsys):

@@ -36,10 +36,9 @@ METRICS = {
 STUDY = {
     "runs": {
         **{f"{arm}-s{seed}": arm for arm in ("A0", "A3", "A4") for seed in (0, 1, 2)},
-        **{f"A3r-s{seed}": "A3r" for seed in (0, 1)},
-        "A3old-s0": "A3old",
+        **{f"A1-s{seed}": "A1" for seed in (0, 1, 2, 3)},
+        "A2-s0": "A2",
     },
-    "curves": ["A3-s0", "A3old-s0"],
     "baselines": ["pix2pix"],
     "trivial": ["copy-lineart"],
     "primary": [
@@ -47,11 +46,11 @@ STUDY = {
         {"a": "A3", "b": "A4", "metric": "cross_gt.delta_e_tone", "margin": 1.0},
         {"a": "A0", "b": "A4", "metric": "self.psnr", "margin": 0.5},
     ],
-    "secondary": {"contrasts": [{"a": "A3", "b": "A3old", "metric": "self.psnr"}], "metrics": ["self.ssim"]},
+    "secondary": {"contrasts": [{"a": "A2", "b": "A3", "metric": "self.psnr"}], "metrics": ["self.ssim"]},
     "verdict_reference": "behrens_fisher",
     "power_seeds": [3, 4],
     "power_sims": 20,
-    "null_control": {"a": "A3", "b": "A3r", "metric": "cross_gt.delta_e_tone"},
+    "null_control": {"arm": "A1", "metric": "cross_gt.delta_e_tone"},  # seeds 0, 1 against seeds 2, 3
     "alpha": 0.05,
     "method": "A3",
     "reference_arm": "A0",
@@ -61,8 +60,9 @@ STUDY = {
         {"metric": "cross_gt.delta_e_tone", "op": "<=", "value": 0.7, "of": "A0"},
         {"metric": "cross_gt.delta_e_tone", "op": "<", "value": 1, "of": "pix2pix"},
     ],
+    "style_checks": {"below": "copy-reference", "max_tone_ratio": 1.25, "min_slope": 0.6, "max_interior_ratio": 1.2},
 }
-SHIFT = {"A0": 10.0, "A3": -3.0, "A4": -2.9, "A3r": -3.0, "A3old": -1.0, "pix2pix": 1.0, "copy-lineart": 5.0}
+SHIFT = {"A0": 10.0, "A3": -3.0, "A4": -2.9, "A1": -3.0, "A2": -1.0, "pix2pix": 1.0, "copy-lineart": 5.0}
 
 
 def lookup(protocol: str) -> dict[str, tuple[str, str]]:
@@ -159,19 +159,19 @@ def test_holm_runs_over_the_primary_contrasts_together(tree):
 
 
 def test_a_null_pair_that_is_identical_holds(tree):
-    for seed in (0, 1):
-        write_eval(tree, f"A3r-s{seed}", run_values("A3", seed))
+    for seed in (0, 1):  # the two halves of A1's seeds: the same numbers
+        write_eval(tree, f"A1-s{seed + 2}", run_values("A1", seed))
     text, errors = build_report(tree, groups=lookup)
     assert errors == []
-    assert "Holds: A3r − A3 on cross_gt ΔE00 tone↓: +0.00 [+0.00, +0.00], p = 1.00" in text
+    assert "Holds: A1 seeds 2, 3 − seeds 0, 1 on cross_gt ΔE00 tone↓: +0.00 [-2.98, +2.98], p = 1.00" in text
     assert "NULL CONTROL FAILED" not in text
 
 
 def test_a_failing_null_control_fails_main_after_writing_the_report(tree, monkeypatch, capsys):
-    for seed in (0, 1):
-        data = run_values("A3", seed)
-        data["cross_gt"]["delta_e_tone"] = data["cross_gt"]["delta_e_tone"] + 2.0
-        write_eval(tree, f"A3r-s{seed}", data)
+    for seed in (0, 1):  # one half of A1's seeds: the other half, 10 ΔE00 worse on every image
+        data = run_values("A1", seed)
+        data["cross_gt"]["delta_e_tone"] = data["cross_gt"]["delta_e_tone"] + 10.0
+        write_eval(tree, f"A1-s{seed + 2}", data)
     monkeypatch.setenv("DVC_ROOT", str(tree))
     monkeypatch.setattr(assemble, "prepared_groups", lambda prepared: lookup)
     assert main(argparse.Namespace(out="reports/ablation.md")) == 1
@@ -180,11 +180,11 @@ def test_a_failing_null_control_fails_main_after_writing_the_report(tree, monkey
 
 
 def test_missing_null_control_runs_fail_main_naming_the_files(tree, monkeypatch, capsys):
-    (tree / "metrics" / "eval" / "A3r-s1" / "cross_gt.csv").unlink()
+    (tree / "metrics" / "eval" / "A1-s3" / "cross_gt.csv").unlink()
     monkeypatch.setenv("DVC_ROOT", str(tree))
     monkeypatch.setattr(assemble, "prepared_groups", lambda prepared: lookup)
     assert main(argparse.Namespace(out="reports/ablation.md")) == 1
-    assert "metrics/eval/A3r-s1/cross_gt.csv" in capsys.readouterr().err
+    assert "metrics/eval/A1-s3/cross_gt.csv" in capsys.readouterr().err
     assert "NULL CONTROL NOT RUN" in (tree / "reports" / "ablation.md").read_text()
 
 
@@ -198,7 +198,7 @@ def test_missing_files_give_not_run_lines(tree):
     for line in (
         "not run (no metrics/sweep/sweep.json).",
         "| A3-s0 | not run |",
-        "| new recipe | A3-s0 | not run (no metrics/curve/A3-s0.json) |",
+        "Not run (no metrics/convergence.json): `python benchmarks/convergence.py` writes it.",
         "Sample grid: not run",
     ):
         assert line in text, line
@@ -225,18 +225,20 @@ def write_training(root: Path, run: str, val: list[float], wall: bool = True, su
 
 
 def test_convergence_table_and_old_history_files(tree):
-    write_training(tree, "A0-s0", [1.0, 0.8, 0.5, 0.495])  # 1 % over the last quarter: converged
+    write_training(tree, "A0-s0", [1.0, 0.8, 0.5, 0.495, 0.494])  # 1.0 %, then 0.2 %: two ends in a row, converged
+    write_training(tree, "A1-s0", [1.0, 0.8, 0.5, 0.495])  # 1 % at the last end only: not yet
     write_training(tree, "A3-s0", [1.0, 0.8, 0.5, 0.45], wall=False)  # 10 %: not converged; history without wall_s
     write_training(tree, "A4-s0", [1.0, 0.9], wall=False, summary=False)  # no summary, no wall time anywhere
-    lines = convergence_section(tree, STUDY, 0.02)
+    lines = convergence_section(tree, STUDY, 0.02, 2)
     row = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ")}
-    assert row["A0-s0"] == "| A0-s0 | 400 | 4 | 4 | 1.0 % | yes | 10.0 |"
-    assert row["A3-s0"] == "| A3-s0 | 400 | 4 | 4 | 10.0 % | no | 10.0 |"
-    assert row["A4-s0"] == "| A4-s0 | 200 | 2 | — | 10.0 % | no | — |"
-    assert row["A4-s1"] == "| A4-s1 | not run | | | | | |"
+    assert row["A0-s0"] == "| A0-s0 | 500 | 5 | 5 | 0.2 % | yes | rule | 10.0 |"
+    assert row["A1-s0"] == "| A1-s0 | 400 | 4 | 4 | 1.0 % | no | cap | 10.0 |"
+    assert row["A3-s0"] == "| A3-s0 | 400 | 4 | 4 | 10.0 % | no | cap | 10.0 |"
+    assert row["A4-s0"] == "| A4-s0 | 200 | 2 | — | 10.0 % | no | — | — |"
+    assert row["A4-s1"] == "| A4-s1 | not run | | | | | | |"
 
 
-def test_sweep_choice_curves_and_targets(tree):
+def test_sweep_choice_and_targets(tree):
     sweep = {
         "checkpoint": "outputs/train/A3-s0/best.pt",
         "split": "val",
@@ -250,20 +252,12 @@ def test_sweep_choice_curves_and_targets(tree):
     (tree / "metrics" / "sweep" / "sweep.json").write_text(json.dumps(sweep))
     choice = {"eval": {"sample_step": 20, "eta": 1.0, "deterministic": True, "weights": "ema"}, "rule": "best PSNR"}
     (tree / "metrics" / "sweep" / "choice.yaml").write_text(yaml.safe_dump(choice))
-    (tree / "metrics" / "curve").mkdir(parents=True)
-    for run, psnr in (("A3-s0", 21.0), ("A3old-s0", 19.0)):
-        rows = [{"epoch": e, "step": 100 * e, "wall_s": 60.0 * e, "psnr": psnr + e, "delta_e_tone": 10.0 - e}
-                | {"ssim": 0.8, "delta_e": 9.0, "tint_rate": 0.05} for e in (1, 2)]  # fmt: skip
-        (tree / "metrics" / "curve" / f"{run}.json").write_text(json.dumps({"run": run, "split": "val", "rows": rows}))
     text, _ = build_report(tree, groups=lookup)
     assert "| 20 | eta=1 (ancestral) | raw | 0.100 | 20.00 [19.00, 21.00] | — | 9.00 | — | — | 8 |" in text
     # the study's sampler is params.yaml eval (2 deterministic steps, EMA); the sweep's other choice is flagged
     assert "**The study's sampler** (params.yaml `eval`): 2 steps, η = 1.0, deterministic = True, ema weights" in text
     assert "The sweep above chose 20 steps, η = 1.0, deterministic = True, ema weights (rule: best PSNR)" in text
     assert "**not the study's sampler**" in text
-    assert "| new recipe | A3-s0 | 2 | 2.0 | 23.00 | 8.00 | 5.0 % |" in text
-    assert "| old recipe | A3old-s0 | 1 | 1.0 | 20.00 | 9.00 | 5.0 % |" in text
-    assert (tree / "reports" / "figures" / "learning_efficiency.png").stat().st_size > 1000
     (tree / "metrics" / "eval" / "pix2pix" / "cross_gt.json").unlink()  # the run a target compares with: missing
     rows = target_rows(tree, STUDY, arm_runs(STUDY))
     targets = {line.split("|")[1].strip(): line for line in targets_section(rows, "A3")}
@@ -272,7 +266,7 @@ def test_sweep_choice_curves_and_targets(tree):
     assert targets["cross_gt ΔE00 tone ≤ 12"].endswith("| met |")  # ≈ 12 − 3 + 0.3
     assert targets["cross_gt ΔE00 tone ≤ 0.7 × A0's"].endswith("| met |")  # A0 ≈ 12 + 10 + 0.3
     assert targets["cross_gt ΔE00 tone below pix2pix's"].endswith("| not run |")  # pix2pix's evaluation is missing
-    assert "| A3r | 2/2 |" in text and "| A3old | 1/1 |" in text
+    assert "| A1 | 4/4 |" in text and "| A2 | 1/1 |" in text
 
 
 def test_without_prepared_data_the_contrasts_are_not_run_and_the_null_control_fails_the_stage(tree):
@@ -305,7 +299,7 @@ def set_study(root: Path, **changes) -> None:
 def test_method_targets_and_descriptions_come_from_params_and_experiments(tree):
     """The method, its targets and the arm descriptions are read from the study's files, not written in code."""
     target = {"metric": "self.tint_rate", "op": "<=", "value": 0.25, "of": "copy-lineart"}
-    set_study(tree, method="A4", reference_arm="A3", targets=[target], curves=["A4-s0", "A3old-s0"])
+    set_study(tree, method="A4", reference_arm="A3", targets=[target])
     experiment = yaml.safe_load((tree / "experiments" / "A4.yaml").read_text())
     experiment["description"] = "a synthetic arm described only here"
     (tree / "experiments" / "A4.yaml").write_text(yaml.safe_dump(experiment))
@@ -314,7 +308,6 @@ def test_method_targets_and_descriptions_come_from_params_and_experiments(tree):
     assert "| self tint ≤ 0.25 × copy-lineart's |" in text
     assert "A4 = a synthetic arm described only here;" in text
     assert "- Cross-reference colour transfer: A4 tone-region ΔE00" in text and " vs A3 " in text
-    assert "| new recipe | A4-s0 |" in text  # the learning-efficiency comparison follows study.curves
 
 
 def test_targets_compare_with_the_named_run_and_a_fraction_of_it(tree):
@@ -338,7 +331,7 @@ def test_targets_compare_with_the_named_run_and_a_fraction_of_it(tree):
     [
         ({"method": "A9"}, "study.method=A9: not an arm of study.runs"),
         ({"runs": {"A0-s0": "A3"}}, "study.runs.A0-s0: a run of A3 is named A3-sSEED"),
-        ({"curves": ["A9-s0", "A3old-s0"]}, "study.curves: A9-s0 is not one of study.runs"),
+        ({"null_control": {"arm": "A9", "metric": "self.psnr"}}, "study.null_control.arm=A9: not an arm"),
         ({"reference_arm": "A9"}, "study.reference_arm=A9: not a run of the study"),
         ({"targets": [{"metric": "self.psnr", "op": "<", "value": 1, "of": "scft"}]}, "study.targets.0.of=scft"),
         ({"targets": [{"metric": "self.psnr", "op": "=", "value": 1}]}, "study.targets.0.op"),

@@ -42,22 +42,21 @@ def test_extract_finds_region_borders_and_nothing_on_a_blank_page():
 
 
 def test_restyle_off_draws_nothing_and_on_replays_with_the_seed():
-    line, colour = page(), torch.ones(1, 3, 9, 9)
-    line[..., 4, :] = BLACK
+    line, colour = page(32), torch.ones(1, 3, 32, 32)
+    line[..., 16, :] = BLACK  # one horizontal stroke, 32 px
     torch.manual_seed(0)
     state = torch.get_rng_state()
     assert styles.restyle(line, colour, 0.0, styles.FAMILIES) is line
     assert styles.restyle(line, colour, 0.5, []) is line
     assert torch.equal(torch.get_rng_state(), state)
-    batch = line.expand(64, -1, -1, -1)
+    batch, colours = line.expand(64, -1, -1, -1), colour.expand(64, -1, -1, -1)
     torch.manual_seed(1)
-    a = styles.restyle(batch, colour.expand(64, -1, -1, -1), 0.5, ["width"])
+    a = styles.restyle(batch, colours, 0.5, ["width"])
     torch.manual_seed(1)
-    b = styles.restyle(batch, colour.expand(64, -1, -1, -1), 0.5, ["width"])
-    assert torch.equal(a, b)
+    assert torch.equal(a, styles.restyle(batch, colours, 0.5, ["width"]))
     changed = (a != batch).flatten(1).any(dim=1)
-    assert 16 < changed.sum() < 48  # about half of the pictures, each thickened
-    assert ((a[changed] == BLACK).flatten(1).sum(1) > 9).all()
+    assert 16 < changed.sum() < 48  # about half of the pictures, each thickened by 1 or 2 px
+    assert ((a[changed] == BLACK).flatten(1).sum(1) >= 2 * 32).all()
 
 
 def test_stroke_scale_multiplies_every_width_and_gives_the_group_a_scaled_default():

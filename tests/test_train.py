@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -213,39 +214,43 @@ def test_torchrun_ddp_matches_single_process(in_study, reference_run, tmp_path):
 
 
 def test_convergence_stop_then_longer_cap_replays_an_unstopped_run(in_study, tmp_path, sha, same_state):
-    """A constant-lr run stopped by the rule and resumed under a longer cap, without the stop, ends in the same bytes
-    as a run that trained that long in one go: the stop keys change no step (the benchmark's "2 × past the stop")."""
+    """A run stopped by the rule and resumed under a longer cap, without the stop, ends in the same state as a run
+    that trained that long in one go: the schedule follows train.decay_epochs, not the cap, so the stop keys change
+    no step (the time-to-convergence benchmark's "2 × past the stop")."""
     import json
 
-    constant = ["--set", "train.lr_schedule=constant"]
-    stop = [
-        "--set",
-        "train.stop_at_convergence=true",
-        "--set",
-        "train.convergence_gain=10",
-        "--set",
-        "train.min_epochs=2",
-    ]
-    assert run_train(tmp_path / "stopped", *constant, *stop) == 0  # a gain of 10 (1000 %) holds at the first check
+    decay = ["--set", "train.decay_epochs=3"]
+    stop = ["--set", "train.stop_at_convergence=true", "--set", "train.convergence_gain=10"]
+    stop += ["--set", "train.min_epochs=2", "--set", "train.epochs=5"]
+    assert run_train(tmp_path / "stopped", *decay, *stop) == 0  # a gain of 10 (1000 %) holds at every check
     summary = json.loads((tmp_path / "stopped" / "metrics.json").read_text())
-    assert summary["epochs_run"] == 2 and summary["converged"]
+    assert summary["epochs_run"] == 3 and summary["converged"]  # held at epochs 2 and 3: two ends in a row
     longer = ["--set", "train.epochs=4", "--set", "train.stop_at_convergence=false"]
-    assert run_train(tmp_path / "stopped", *constant, *longer, "--resume") == 0
-    assert run_train(tmp_path / "straight", *constant, *longer) == 0
+    assert run_train(tmp_path / "stopped", *decay, *longer, "--resume") == 0
+    assert run_train(tmp_path / "straight", *decay, *longer) == 0
     stopped, straight = (checkpoint.load(tmp_path / d / "last.pt", kind=None) for d in ("stopped", "straight"))
     assert same_state(stopped, straight)
     assert sha(tmp_path / "stopped" / "history.csv") == sha(tmp_path / "straight" / "history.csv")
 
 
-def test_constant_schedule_is_the_warm_up_then_the_learning_rate():
+def test_a_resume_under_settings_that_stop_earlier_starts_afresh(in_study, tmp_path, capsys):
+    assert run_train(tmp_path / "run", "--set", "train.epochs=3") == 0
+    capsys.readouterr()
+    assert run_train(tmp_path / "run", "--set", "train.epochs=2", "--resume") == 0
+    assert "these settings stop at epoch 2" in capsys.readouterr().out
+
+
+def test_the_schedule_warms_up_decays_over_decay_epochs_then_holds_the_floor():
     from linebridge.bbdm.train import make_scheduler
 
-    cfg = load_config("A3", "tiny", ["train.lr_schedule=constant", "train.warmup_steps=4", "train.lr=1e-3"])
+    sets = ["train.warmup_steps=2", "train.lr=1e-3", "train.lr_min=1e-4", "train.decay_epochs=2", "train.epochs=9"]
+    cfg = load_config("A3", "tiny", sets)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg["train"]["lr"])
-    sched = make_scheduler(opt, cfg, steps_per_epoch=3)
+    sched = make_scheduler(opt, cfg, steps_per_epoch=3)  # 6 steps of schedule: 2 warm-up, a cosine over 4
     lrs = []
     for _ in range(10):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3])
+    cosine = [1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(5)]
+    assert lrs == pytest.approx([5e-4, 1e-3, *cosine[:4], 1e-4, 1e-4, 1e-4, 1e-4])

@@ -1,4 +1,5 @@
-"""`linebridge colorize LINE.png --ref REF.png --checkpoint CKPT -o OUT.png`: your own drawing.
+"""`linebridge colorize LINE.png --ref REF.png -o OUT.png`: your own drawing, coloured by the released weights
+of the study's method (weights/linebridge.safetensors) or by any checkpoint given with `--checkpoint`.
 
 Any size and mode: the line art (any PIL mode: converted to L; alpha flattened on white)
 is padded with white to a square, resized to the model's image size, coloured, and the
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from linebridge.core.config import Config, UserError
+from linebridge.core.config import RELEASED, Config, UserError, repo_root
 from linebridge.core.io import save_with
 
 if TYPE_CHECKING:
@@ -252,13 +253,28 @@ def megapixels(text: str) -> int:
     return round(value * 1e6)
 
 
+def released_weights() -> Path:
+    """The committed weights of the study's method, or a UserError saying how to get a checkpoint."""
+    path = repo_root() / RELEASED
+    if not path.is_file():
+        raise UserError(
+            f"no --checkpoint given and no released weights at {path}: restore them (`git checkout -- {RELEASED}`) "
+            "or train a model (`dvc repro train@A5-s0`) and pass --checkpoint outputs/train/A5-s0/best.pt"
+        )
+    return path
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("line", type=Path, help="line-art image (dark lines on light background; any size and mode)")
     parser.add_argument(
         "--ref", type=Path, default=None, help="colour reference image (required unless the model is A0 or Pix2Pix)"
     )
     parser.add_argument(
-        "--checkpoint", type=Path, required=True, help="a linebridge checkpoint, e.g. outputs/train/A3/best.pt"
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help=f"a linebridge checkpoint, e.g. outputs/train/A5-s0/best.pt (default: the released weights of the "
+        f"study's method, {RELEASED})",
     )
     parser.add_argument("-o", "--output", type=Path, required=True, help="output PNG")
     parser.add_argument(
@@ -299,8 +315,9 @@ def main(args: argparse.Namespace) -> int:
     from linebridge.inference import Sampler
 
     sampler = Sampler(args.steps, args.deterministic, args.eta)  # None: the checkpoint's eval.* (weights included)
+    checkpoint = args.checkpoint or released_weights()
     out = colorize_file(
-        args.line, args.ref, args.checkpoint, args.output, sampler, args.seed, args.max_output_side, args.max_megapixels
+        args.line, args.ref, checkpoint, args.output, sampler, args.seed, args.max_output_side, args.max_megapixels
     )
     print(f"wrote {out}")
     return 0

@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from linebridge.core.config import RELEASED, UserError, read_yaml
+
 PROTOCOLS = ("self", "cross_gt")  # the gallery's test protocols: both have a paired ground truth
 EXAMPLES_PER_PROTOCOL = 8
 
@@ -27,24 +29,27 @@ class Example:
         return f"{self.protocol} · {self.id}"
 
 
+RELEASED_LABEL = "released weights (the study's method)"
+
+
 def find_checkpoints(root: Path, extra: Path | None = None) -> dict[str, Path]:
-    """Label → checkpoint: `extra` first (--checkpoint), then outputs/train/*/*.pt (runs such as A3-s0, baselines)."""
+    """Label → checkpoint: `extra` first (--checkpoint), then the released weights (weights/linebridge.safetensors),
+    then outputs/train/*/*.pt (runs such as A5-s0, baselines)."""
     found: dict[str, Path] = {}
     if extra is not None:
         found[f"{extra} (--checkpoint)"] = extra
+    if (root / RELEASED).is_file():
+        found[RELEASED_LABEL] = root / RELEASED
     for path in sorted((root / "outputs" / "train").glob("*/*.pt")):
         found[f"{path.parent.name} / {path.name}"] = path
     return found
 
 
 def default_choice(models: dict[str, Path], extra: Path | None) -> str | None:
-    """--checkpoint when given, else the full method's best weights (A3, seed 0), else the first found."""
+    """--checkpoint when given, else the released weights of the study's method, else the first found."""
     if not models:
         return None
-    for name in ("A3-s0 / best.pt", "A3 / best.pt"):
-        if extra is None and name in models:
-            return name
-    return next(iter(models))
+    return next(iter(models))  # find_checkpoints lists --checkpoint, then the released weights, first
 
 
 def find_examples(prepared: Path, per_protocol: int = EXAMPLES_PER_PROTOCOL) -> list[Example]:
@@ -72,20 +77,22 @@ def find_examples(prepared: Path, per_protocol: int = EXAMPLES_PER_PROTOCOL) -> 
 
 def no_checkpoint_note(root: Path) -> str:
     """What to run when there is nothing to colour with (Markdown)."""
-    took = ""
-    record = root / "metrics" / "train" / "A3-s0.json"
     try:
-        seconds = float(json.loads(record.read_text())["wall_time_s"])
-        took = (
-            f" The A3 training itself took about {seconds / 60:.0f} minutes ({seconds:.0f} s) "
-            "on the CPU of the last study run."
-        )
+        method = str(read_yaml(root / "params.yaml")["study"]["method"])
+    except (OSError, KeyError, TypeError, UserError):
+        method = "A5"
+    took = ""
+    try:
+        seconds = float(json.loads((root / "metrics" / "train" / f"{method}-s0.json").read_text())["wall_time_s"])
+        took = f" Its training took about {seconds / 60:.0f} minutes ({seconds:.0f} s) on the CPU of the last study."
     except (OSError, ValueError, KeyError, TypeError):
         pass
     return (
         "### No trained checkpoint found\n"
-        f"Nothing under `{root / 'outputs' / 'train'}/*/*.pt`. Train the full method, from the repository root:\n\n"
+        f"Neither the released weights (`{RELEASED}`, committed with the study: `git checkout -- {RELEASED}` "
+        f"restores them) nor anything under `{root / 'outputs' / 'train'}/*/*.pt`. Train the study's method, "
+        "from the repository root:\n\n"
         "```bash\nlinebridge data fetch      # once: the OpenMoji SVGs\n"
-        "dvc repro train@A3-s0      # A3 with seed 0; runs `prepare` (and any missing upstream stage) first\n```\n\n"
+        f"dvc repro train@{method}-s0      # seed 0; runs `prepare` (and any missing upstream stage) first\n```\n\n"
         f"{took} Or start the demo with `--checkpoint PATH`. Then restart `linebridge demo` and reload this page."
     )

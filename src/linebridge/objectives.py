@@ -100,6 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="training seeds of each objective")
     parser.add_argument(
+        "--epochs", type=int, default=4, help="epochs of every training (equal budget: no convergence stop)"
+    )
+    parser.add_argument(
         "--steps", nargs="+", type=int, default=None, help="sampler steps to score (default: the study's, and 10)"
     )
     parser.add_argument("--runs", default="outputs/objectives", help="checkpoint folder, one run per objective-seed")
@@ -121,6 +124,8 @@ def main(args: argparse.Namespace) -> int:
         cfg, _ = load_tuned_config(f"{EXPERIMENT}-s{seed}", args.profile, overrides, tuned)
         cfg["experiment"] = f"{EXPERIMENT}-{objective}-s{seed}"  # its name in MLflow and on progress bars
         cfg["train"]["keep_epochs"] = False  # only the final weights are scored
+        cfg["train"]["stop_at_convergence"] = False  # equal budget: every objective trains the same epochs
+        cfg["train"]["epochs"] = args.epochs
         return cfg
 
     base = cfg_for(objectives[0], seeds[0])

@@ -228,7 +228,7 @@ def train_gan(
     wrap = nn.parallel.DistributedDataParallel if ddp.world > 1 else (lambda net: net)
     g_model, d_model = wrap(gan.generator), wrap(gan.discriminator)
 
-    run = TrainingRun(cfg, paths, checkpoint.GAN_KIND, epochs, ddp, log_mlflow)
+    run = TrainingRun(cfg, paths, checkpoint.GAN_KIND, epochs, ddp, log_mlflow, convergence_stop=False)
     if resume:
         run.resume(gan.load_state_dict)
     run.start_tracking(

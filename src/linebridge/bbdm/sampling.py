@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from linebridge.bbdm.bridge import BrownianBridge, StepCallback
 from linebridge.bbdm.unet import build_model, use_channels_last
-from linebridge.core.config import Config
+from linebridge.core.config import Config, UserError
 
 
 def build_bridge(cfg: Config) -> BrownianBridge:
@@ -22,6 +22,8 @@ def from_state(
     if weights not in ("ema", "raw"):
         raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
     cfg = state["config"]
+    if weights == "raw" and "model" not in state:
+        raise UserError("released weights hold the EMA weights only: sample them with --weights ema")
     net = build_model(cfg).to(device)
     net.load_state_dict(state["ema" if weights == "ema" else "model"])
     return use_channels_last(net, cfg).eval(), build_bridge(cfg).to(device), cfg

@@ -84,15 +84,12 @@ def lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
 
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
-    """The per-step lr schedule: `lr_factor` over train.epochs × steps_per_epoch steps (cosine), or the warm-up
-    then train.lr for as long as the run lasts (constant: the length of a run stopped by the convergence rule is
-    not known in advance; the EMA weights, which validation and sampling use, do the averaging a decay would)."""
+    """The per-step lr schedule of `lr_factor`: warm-up, a cosine over train.decay_epochs × steps_per_epoch steps,
+    then train.lr_min for as long as the run lasts. The schedule does not depend on train.epochs, the cap: a run
+    stopped by the convergence rule, or resumed under a longer cap, takes the same steps as one that never stopped."""
     tc = cfg["train"]
-    warmup = tc["warmup_steps"]
-    if tc["lr_schedule"] == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / max(1, warmup)))
-    total, floor = tc["epochs"] * steps_per_epoch, tc["lr_min"] / tc["lr"]
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total, warmup, floor))
+    total, floor = tc["decay_epochs"] * steps_per_epoch, tc["lr_min"] / tc["lr"]
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total, tc["warmup_steps"], floor))
 
 
 def train_step(
@@ -168,9 +165,9 @@ def diffusion_loss(
 
 @torch.no_grad()
 def validate(net: nn.Module, bridge: BrownianBridge, dataset, cfg: Config, device: torch.device) -> float:
-    """The training objective on held-out drawings: loss averaged over `val_timesteps` fixed-seed timesteps per
-    sample, drawn as training draws them (train.t_high_share), so the convergence rule follows what the run
-    optimises; comparable across epochs, and across recipes of equal t_high_share."""
+    """Loss on held-out drawings, averaged over `val_timesteps` fixed-seed timesteps per sample drawn as training
+    draws them (train.t_high_share), so the convergence rule follows the timesteps the run learns; plain L1 + the
+    edge term, without the tone-region weight; comparable across epochs, and across recipes of equal t_high_share."""
     net.eval()
     high_share = cfg["train"]["t_high_share"]
     total, count = 0.0, 0

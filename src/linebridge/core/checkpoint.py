@@ -7,6 +7,7 @@ with `torch.load(weights_only=True)`: only tensors and plain containers come bac
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from collections.abc import Callable
@@ -37,11 +38,45 @@ def save(state: dict[str, Any], path: Path) -> None:
         os.fsync(fh.fileno())
 
 
+RELEASE_SUFFIX = ".safetensors"  # released weights: EMA tensors + the run's config as metadata, no pickle
+
+
+def save_release(path: Path, weights: dict[str, Tensor], config: dict[str, Any], facts: dict[str, str]) -> None:
+    """The EMA weights of a BBDM run as safetensors; its config (JSON) and `facts` (source, commit) as metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
+    metadata = {"kind": BBDM_KIND, "config": json.dumps(config, sort_keys=True), **facts}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_release(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Released weights as a checkpoint-shaped state: kind, config and `ema` (there are no raw weights)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device=str(map_location)) as fh:
+            metadata = fh.metadata() or {}
+            weights = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({str(err)[:200]}); fetch it again") from None
+    if metadata.get("kind") != BBDM_KIND or "config" not in metadata:
+        raise CheckpointError(f"{path}: safetensors without linebridge metadata; export with `linebridge release`")
+    return {"kind": BBDM_KIND, "config": json.loads(metadata["config"]), "ema": weights, "released": metadata}
+
+
 def load(path: Path, kind: str | None = BBDM_KIND, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint; a clear CheckpointError when it is missing, truncated or of the wrong kind."""
+    """Load a checkpoint (or released `.safetensors` weights); a clear CheckpointError when it is missing,
+    truncated or of the wrong kind."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint. Train first: `linebridge train --experiment ID`.")
+    if path.suffix == RELEASE_SUFFIX:
+        state = load_release(path, map_location)
+        if kind is not None and kind != BBDM_KIND:
+            raise CheckpointError(f"{path}: released BBDM weights, expected a checkpoint of kind {kind!r}")
+        return state
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:

@@ -20,6 +20,10 @@ import yaml
 from linebridge.core.schema import problems
 
 Config = dict[str, Any]
+# The study's method, released with it (EMA weights, safetensors) and its model card; `linebridge release` writes
+# both, colorize and the demo fall back on the weights when no --checkpoint is given. Relative to the repo root.
+RELEASED = Path("weights") / "linebridge.safetensors"
+MODEL_CARD = Path("weights") / "MODEL_CARD.md"
 RUN_NAME = re.compile(r"^(?P<arm>.+)-s(?P<seed>\d+)$")  # A3-s1: experiments/A3.yaml trained with seed 1
 
 

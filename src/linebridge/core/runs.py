@@ -1,7 +1,8 @@
 """Run bookkeeping shared by every training loop (BBDM and the GAN baselines).
 
 A loop owns its maths (batches, losses, optimiser steps); `TrainingRun` owns what every
-run must do the same way: resume from `last.pt`, early stopping on validation loss,
+run must do the same way: resume from `last.pt`, the stop (the cap train.epochs, the
+convergence rule of `convergence_value` / `converged_at`, early stopping on validation loss),
 `best.pt` / `last.pt` checkpoints, the MLflow run, the non-finite-loss watch with a host
 sync every `CHECK_EVERY` steps, rank-0-only writing under torchrun, and the summary JSON
 and history CSV at the end. Keeping it in one place is what lets `--resume` after
@@ -32,9 +33,11 @@ NO_BAD_STEP = 2**62
 # Keys that change no number a run produces: a checkpoint saved under other values of
 # these still resumes (perf switches change float rounding only, not the maths).
 RESUMABLE_KEYS = ("description", "perf.", "eval.", "tune.", "train.checkpoint_every", "train.sample_every")
-# Keys that only say when to stop: under a constant learning rate they change no step already taken or still to
-# come, so a finished run resumes under a longer cap (`--set train.epochs=N`) or with the convergence stop off.
+# Keys that only say when to stop (the lr schedule follows train.decay_epochs, not the cap): they change no step
+# taken, so a run resumes under a longer cap (`--set train.epochs=N`) or another stop rule; `resume` starts afresh
+# only when the new settings would have stopped the run before its checkpoint.
 STOP_KEYS = ("train.epochs", "train.stop_at_convergence", "train.convergence_gain", "train.min_epochs")
+CONVERGED_CHECKS = 2  # the rule must hold at this many epoch ends in a row: one noisy epoch does not stop a run
 HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "lr"]
 
 EpochCallback = Callable[[int, float], None]
@@ -75,9 +78,7 @@ def config_changes(saved: Config, cfg: Config) -> list[str]:
     """`key: old → new` for every setting that differs and changes what training computes."""
     old, new = flatten(saved), flatten(cfg)
     changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    free = RESUMABLE_KEYS + (
-        STOP_KEYS if old.get("train.lr_schedule") == new.get("train.lr_schedule") == "constant" else ()
-    )
+    free = RESUMABLE_KEYS + STOP_KEYS
     return [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed if not k.startswith(free)]
 
 
@@ -129,6 +130,27 @@ class NanWatch:
             raise TrainingDiverged(f"{where}: loss is not finite ({value}) at step {first_bad}")
 
 
+def converged_at(history: list[dict[str, Any]], gain: float, min_epochs: int) -> int | None:
+    """The first epoch (1-based) at which the convergence rule has held at CONVERGED_CHECKS epoch ends in a row,
+    counting only ends from `min_epochs` on; None if it never has."""
+    streak = 0
+    for n in range(1, len(history) + 1):
+        value = convergence_value(history[:n])
+        streak = streak + 1 if n >= min_epochs and value is not None and value < gain else 0
+        if streak >= CONVERGED_CHECKS:
+            return n
+    return None
+
+
+def converged_now(history: list[dict[str, Any]], gain: float, min_epochs: int) -> bool:
+    """Whether the rule holds at each of the last CONVERGED_CHECKS epoch ends of `history` (from `min_epochs` on)."""
+    n = len(history)
+    return n >= max(min_epochs, 1) + CONVERGED_CHECKS - 1 and all(
+        (value := convergence_value(history[:k])) is not None and value < gain
+        for k in range(n - CONVERGED_CHECKS + 1, n + 1)
+    )
+
+
 class TrainingRun:
     """Counters, checkpoints, early stopping and tracking of one run; see the module docstring.
 
@@ -136,16 +158,24 @@ class TrainingRun:
     `end_epoch(...)`, and `finish(summary)`. `fail()` in an exception handler closes MLflow.
     """
 
-    def __init__(self, cfg: Config, paths: Paths, kind: str, epochs: int, ddp: Dist, log_mlflow: bool) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        paths: Paths,
+        kind: str,
+        epochs: int,
+        ddp: Dist,
+        log_mlflow: bool,
+        convergence_stop: bool | None = None,
+    ) -> None:
+        """`convergence_stop` overrides train.stop_at_convergence (the GAN loop turns it off: its lr decays
+        linearly over its fixed epochs, and a stop would cut the decay short)."""
         self.cfg, self.paths, self.kind, self.epochs, self.ddp = cfg, paths, kind, epochs, ddp
         self.log_mlflow = log_mlflow and ddp.main
         tc = cfg["train"]
         self.patience, self.min_delta = tc["patience"], tc["min_delta"]
-        self.stop_at_convergence, self.gain, self.min_epochs = (
-            tc["stop_at_convergence"],
-            tc["convergence_gain"],
-            tc["min_epochs"],
-        )
+        self.stop_at_convergence = tc["stop_at_convergence"] if convergence_stop is None else convergence_stop
+        self.gain, self.min_epochs = tc["convergence_gain"], tc["min_epochs"]
         self.epoch, self.step, self.best_val, self.bad_epochs = 0, 0, math.inf, 0
         self.history: list[dict[str, Any]] = []
         self.wall = 0.0
@@ -164,10 +194,15 @@ class TrainingRun:
 
     @property
     def converged(self) -> bool:
-        """The convergence rule holds (after train.min_epochs epochs): validation loss fell less than
-        train.convergence_gain over the last quarter of the steps."""
-        value = convergence_value(self.history)
-        return len(self.history) >= self.min_epochs and value is not None and value < self.gain
+        """The convergence rule holds at the last CONVERGED_CHECKS epoch ends (`converged_now`)."""
+        return converged_now(self.history, self.gain, self.min_epochs)
+
+    def stop_epoch(self, history: list[dict[str, Any]]) -> int | None:
+        """The epoch at which this run's settings stop a run with `history` (cap, convergence), None if not yet."""
+        stops = [self.epochs] if len(history) >= self.epochs else []
+        if self.stop_at_convergence and (n := converged_at(history, self.gain, self.min_epochs)) is not None:
+            stops.append(n)
+        return min(stops) if stops else None
 
     @property
     def going(self) -> bool:
@@ -196,6 +231,13 @@ class TrainingRun:
             print(
                 f"{last}: saved with a different config ({'; '.join(changes[:5])}"
                 f"{' …' if len(changes) > 5 else ''}); starting from scratch"
+            )
+            return
+        stop = self.stop_epoch(state["history"])
+        if stop is not None and stop < state["epoch"]:  # a run that trained past where these settings stop it
+            print(
+                f"{last}: trained {state['epoch']} epochs; these settings stop at epoch {stop} "
+                "(train.epochs, the convergence rule); starting from scratch"
             )
             return
         restore(state)

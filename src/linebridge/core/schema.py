@@ -114,7 +114,7 @@ class Train(Section):
     weight_decay: NonNegFloat
     betas: Annotated[list[Fraction], Field(min_length=2, max_length=2)]
     warmup_steps: NonNegInt
-    lr_schedule: Literal["cosine", "constant"]
+    decay_epochs: PosInt
     lr_min: NonNegFloat
     grad_clip: PosFloat
     ema_rate: Fraction
@@ -293,37 +293,52 @@ class Target(Section):
     of: str | None = None
 
 
+class NullControl(Section):
+    """The seed-split null: `arm`'s training seeds in two halves, compared on `metric` like two arms."""
+
+    arm: str
+    metric: Spec
+
+
+class StyleChecks(Section):
+    """The method on each unseen line style, against its own in-style values (seed means)."""
+
+    below: str  # its tone ΔE00 below this run's (copy-reference: pasting the reference)
+    max_tone_ratio: PosFloat  # tone ΔE00 at most this × in style
+    min_slope: float  # skin-lightness slope at least this
+    max_interior_ratio: PosFloat  # interior ΔE00 at most this × in style
+
+
 class Study(Section):
     """params.yaml `study`: the runs `dvc repro` makes and the questions, controls and targets the report checks."""
 
     runs: Annotated[dict[str, str], Field(min_length=1)]
-    curves: list[str]
     baselines: list[str]
     trivial: list[str]
     primary: Annotated[list[Primary], Field(min_length=1)]
     secondary: Secondary
     verdict_reference: Literal["behrens_fisher", "min_df"]
-    null_control: Contrast | None = None
+    null_control: NullControl | None = None
     power_seeds: Annotated[list[Annotated[int, Field(ge=2)]], Field(min_length=1)]
     power_sims: PosInt
     alpha: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
     method: str
     reference_arm: str
     targets: list[Target]
+    style_checks: StyleChecks
 
     @model_validator(mode="after")
     def known_arms(self) -> Study:
-        """Runs are ARM-sSEED of their experiment; the method, the reference arm, every arm a target compares with
-        and every curve are runs of the study."""
+        """Runs are ARM-sSEED of their experiment; the method, the reference arm, the null control's arm and every
+        arm a target compares with are runs of the study."""
         for run, arm in self.runs.items():
             if not re.fullmatch(rf"{re.escape(arm)}-s\d+", run):
                 raise ValueError(f"study.runs.{run}: a run of {arm} is named {arm}-sSEED (e.g. {arm}-s0)")
         arms = list(dict.fromkeys(self.runs.values()))
         if self.method not in arms:
             raise ValueError(f"study.method={self.method}: not an arm of study.runs ({', '.join(arms)})")
-        for curve in self.curves:
-            if curve not in self.runs:
-                raise ValueError(f"study.curves: {curve} is not one of study.runs")
+        if self.null_control is not None and self.null_control.arm not in arms:
+            raise ValueError(f"study.null_control.arm={self.null_control.arm}: not an arm of study.runs")
         names = [*arms, *self.baselines, *self.trivial]
         if self.reference_arm not in names:
             raise ValueError(f"study.reference_arm={self.reference_arm}: not a run of the study ({', '.join(names)})")

@@ -122,8 +122,9 @@ class ProtocolDataset(_InMemory):
     An item is `id` (cross_gt: `TARGET_rK`, the K-th reference for the target; else the target itself) with the
     line art and ground truth of `gt`. Items also carry `ref_id` (the emoji the reference was made from) and `mask`
     [1,H,W] float 0/1: the tone region for cross_gt (where ΔE is measured; a style's inked pixels left out), all
-    ones for self and cross_random, so every protocol has the same keys; and `line_thin`, the drawing's own line
-    art (= `lineart` without a style), which the ground truth keeps: the metrics leave the lines of both out.
+    ones for self and cross_random, so every protocol has the same keys; `line_thin`, the drawing's own line
+    art (= `lineart` without a style), which the ground truth keeps: the metrics leave the lines of both out; and
+    `line_all`, the darkest of the drawing's and every style's line art (what the `_common` metrics leave out).
     For cross_random `GT` is the item's own colour image, useful only for FID/SWD (the reference is another
     emoji, so there is no paired ground truth).
     """
@@ -158,10 +159,16 @@ class ProtocolDataset(_InMemory):
         lines = root / "styles" / style if style else root / "line"
         if style and not lines.is_dir():
             raise UserError(f"{lines}: missing; the prepared data predates the unseen-style protocols; {PREPARE_HINT}")
+        styled = [d for d in (root / "styles" / s for s in STYLE_PROTOCOLS) if d.is_dir()]
         self.tensors = {
             "GT": torch.stack([_png(root / "colour" / f"{r['gt']}.png", "RGB") for r in rows]),
             "lineart": torch.stack([_png(lines / f"{r['gt']}.png", "L") for r in rows]) if style else thin,
             "line_thin": thin,
+            # the lines of the drawing and of every style at once: the pixels left out of the `_common` metrics,
+            # which score in-style and styled line art on the same pixels
+            "line_all": torch.stack(
+                [thin, *(torch.stack([_png(d / f"{r['gt']}.png", "L") for r in rows]) for d in styled)]
+            ).amin(dim=0),
             "ref": torch.stack([_png(folder / "ref" / f"{r['id']}.png", "RGB") for r in rows]),
         }
         if protocol == "cross_gt":

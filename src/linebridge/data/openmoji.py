@@ -20,6 +20,7 @@ import argparse
 import filecmp
 import hashlib
 import io
+import re
 import shutil
 import subprocess
 import sys
@@ -240,7 +241,10 @@ def lineart_svg(svg_text: str, stroke_scale: float = 1.0) -> str:
                 element.set(attr, "#000000")
         width = element.get("stroke-width")
         if stroke_scale != 1.0 and width is not None:
-            element.set("stroke-width", f"{float(width) * stroke_scale:g}")
+            number = re.fullmatch(r"\s*([0-9.]+)\s*(px)?\s*", width)  # OpenMoji writes plain user units
+            if number is None:
+                raise ValueError(f"stroke-width {width!r} is not a number of user units")
+            element.set("stroke-width", f"{float(number[1]) * stroke_scale:g}")
     return ET.tostring(root, encoding="unicode")
 
 

@@ -27,9 +27,11 @@ FAMILIES = ("width", "fill", "extract", "blur")
 # STROKE_SCALE × as wide, rendered at the study's size), not by `thicken`: the same family, another hand.
 STYLE_PROTOCOLS = ("thick", "filled", "extracted")
 PROTOCOL_FAMILY = {"thick": "width", "filled": "fill", "extracted": "extract"}
+STYLED = ("self", "cross_gt")  # the protocols evaluated again in each unseen style (they have a ground truth)
 STROKE_SCALE = 2.5  # thick: OpenMoji strokes are 2 units of a 72-unit page, ~0.9 px at 32²; 2.5 × gives ~2.2 px
-DARK = 0.2  # fill: colour luminance (0–1) below which an area is inked; OpenMoji's darkest skin tone is above it
-XDOG_SIGMA = 0.4  # extracted: XDoG's σ at the study's size (ColourFolder draws it from 0.3–0.5)
+DARK = 0.2  # fill: luminance (0–1) below which an area is inked; OpenMoji's darkest skin tone is 0.31
+XDOG_SIGMA = 0.4  # extracted: XDoG's σ in pixels at 32² (ColourFolder draws it from 0.3–0.5); scaled with the size
+BASE_SIZE = 32  # pixel sizes here (σ, stroke growth) are for 32² images and scale with the image side
 
 
 def luminance(colour: Tensor) -> Tensor:
@@ -53,10 +55,11 @@ def fill_dark(line: Tensor, colour: Tensor, dark: float = DARK) -> Tensor:
 
 
 def extract(colour: Tensor, sigma: float = XDOG_SIGMA) -> Tensor:
-    """Lines found in the colour image by XDoG (no weights): region borders and dark areas, not the artist's."""
+    """Lines found in the colour image by XDoG (no weights): region borders and dark areas, not the artist's.
+    `sigma` is in pixels of a 32² image (BASE_SIZE) and scales with the image's side."""
     from linebridge.data.folders import xdog
 
-    return xdog(luminance(colour), sigma) * 2 - 1
+    return xdog(luminance(colour), sigma * colour.shape[-1] / BASE_SIZE) * 2 - 1
 
 
 def blur_threshold(line: Tensor, sigma: float, level: float) -> Tensor:
@@ -72,18 +75,18 @@ def restyle(line: Tensor, colour: Tensor, share: float, families: Sequence[str])
     """Training augmentation: each picture, with probability `share`, in one of `families` drawn uniformly.
 
     Every family is computed for the whole batch (cheap at the study's sizes) and each picture picks its own;
-    the strengths are drawn per batch: stroke growth k ∈ {2, 3}, fill threshold in [0.1, 0.3], XDoG σ in
-    [0.3, 0.5], blur σ in [0.5, 1] with a threshold in [−0.5, 0.5]. No draw at all when `share` is 0 or
-    `families` is empty, so runs without it keep their random stream.
+    the strengths are drawn per batch: strokes 1 or 2 px wider, fill threshold in [0.1, 0.25], XDoG σ in
+    [0.3, 0.5] px, blur σ in [0.5, 1] px with a threshold in [−0.5, 0.5] (pixel sizes at 32², scaled with the
+    side). No draw at all when `share` is 0 or `families` is empty, so runs without it keep their random stream.
     """
     if share <= 0 or not families:
         return line
-    n = line.shape[0]
+    n, scale = line.shape[0], line.shape[-1] / BASE_SIZE
     chosen = torch.randint(0, len(families), (n,))
     apply = torch.rand(n) < share
-    k = int(torch.randint(2, 4, ()).item())
-    dark, sigma = 0.1 + 0.2 * torch.rand(()).item(), 0.3 + 0.2 * torch.rand(()).item()
-    blur_sigma, level = 0.5 + 0.5 * torch.rand(()).item(), torch.rand(()).item() - 0.5
+    k = 1 + round(int(torch.randint(1, 3, ()).item()) * scale)  # 2 or 3 px wider at 32²
+    dark, sigma = 0.1 + 0.15 * torch.rand(()).item(), 0.3 + 0.2 * torch.rand(()).item()
+    blur_sigma, level = (0.5 + 0.5 * torch.rand(()).item()) * scale, torch.rand(()).item() - 0.5
     styled = {
         "width": lambda: thicken(line, k),
         "fill": lambda: fill_dark(line, colour, dark),

@@ -7,6 +7,10 @@ against the line art's own colour image only) — it samples every test item wit
 seed and writes metrics/eval/NAME/PROTOCOL.{json,csv,png}. Metrics whose weights are
 absent are written as unavailable with the reason, never as numbers.
 
+Each of self and cross_gt runs again with the line art in every unseen style (`PROTOCOL-STYLE`, e.g.
+cross_gt-thick: `data.styles`), the ground truth unchanged; the `_common` metrics score in-style and styled line
+art on the same pixels (off the lines of the drawing and of every style).
+
 Besides trained checkpoints, three trivial "models" calibrate the scale: `copy-lineart`
 (the line art itself), `copy-reference` (the reference unchanged) and `reference-with-lines`
 (the reference with the line art drawn over it: on self, what copying the warped target
@@ -42,7 +46,7 @@ from linebridge.core.io import save_with, write_atomic, write_json
 from linebridge.core.runs import save_sample_grid
 from linebridge.data.datasets import ProtocolDataset
 from linebridge.data.splits import GRID_ITEMS, PROTOCOLS, spread
-from linebridge.data.styles import STYLE_PROTOCOLS
+from linebridge.data.styles import STYLE_PROTOCOLS, STYLED
 from linebridge.evaluation import metrics as M
 from linebridge.evaluation.stats import bootstrap_ci
 
@@ -62,9 +66,6 @@ def stratified(groups: list[str], per_group: int) -> list[int]:
             taken[group] = taken.get(group, 0) + 1
             keep.append(i)
     return keep
-
-
-STYLED = ("self", "cross_gt")  # the protocols re-run with the line art in each unseen style
 
 
 def style_protocols() -> tuple[str, ...]:
@@ -103,8 +104,14 @@ def per_image_metrics(fake: Tensor, data: dict[str, Any], protocol: str) -> dict
         values.update(M.regional_colour_error(fake, gt, line))
     if protocol == "cross_gt":
         values["delta_e_tone"] = M.colour_error(fake, gt, mask=data["mask"])
-        values["tone_lightness"] = M.masked_lightness(fake, data["mask"])  # its slope on the next: the report's
-        values["tone_lightness_gt"] = M.masked_lightness(gt, data["mask"])  # "does the skin follow the tone?"
+    if protocol != "cross_random":  # in style and every unseen style on the same pixels: off every style's lines
+        off_lines = data["line_all"] >= 0
+        values["delta_e_interior_common"] = M.regional_colour_error(fake, gt, data["line_all"])["delta_e_interior"]
+    if protocol == "cross_gt":
+        common = data["mask"] * off_lines
+        values["delta_e_tone_common"] = M.colour_error(fake, gt, mask=common)
+        values["tone_lightness"] = M.masked_lightness(fake, common)  # its slope on the next across items: the
+        values["tone_lightness_gt"] = M.masked_lightness(gt, common)  # report's "does the skin follow the tone?"
     return values
 
 

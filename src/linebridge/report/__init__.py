@@ -12,7 +12,8 @@ BBDM arms are trained with several seeds; a run is named ARM-sSEED. Arms are sum
 groups as the units of inference (`stats.seed_group_contrast`), with Holm's correction over the primary contrasts.
 
 Modules, each importing only those below it: `assemble` (the report and the command) → `contrasts`, `tables`,
-`targets`, `training`, `side`, `figures`, `styles` (one kind of section each) → `fmt`, `read`, `study`.
+`targets`, `training`, `side`, `figures`, `styles`, `failures` (one kind of section each; `failures` the separate
+failure-cases page, reports/failures.md) → `fmt`, `read`, `study`.
 """
 
 from linebridge.report.assemble import add_arguments, build_report, main

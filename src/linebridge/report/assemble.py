@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from linebridge.core.config import load_config, repo_root, study_runs
+from linebridge.core.config import MODEL_CARD, RELEASED, load_config, repo_root, study_runs
 from linebridge.core.io import write_atomic
 from linebridge.core.tracking import git_commit
 from linebridge.data.splits import GRID_ITEMS
@@ -17,19 +17,20 @@ from linebridge.report.contrasts import (
     primary_contrasts,
     primary_section,
     question_line,
+    questions_summary,
     secondary_section,
 )
-from linebridge.report.figures import figures
+from linebridge.report.failures import FIGURE, PAGE, failure_cases, failures_link, failures_page, row_labels
+from linebridge.report.figures import failures_figure, figures
 from linebridge.report.fmt import LABELS
 from linebridge.report.read import GroupLookup, prepared_groups, read_json
 from linebridge.report.side import objectives_section, sweep_section, tune_section
 from linebridge.report.study import arm_runs, arm_seeds, load_study
 from linebridge.report.styles import style_section
 from linebridge.report.tables import arm_descriptions, arm_table, protocol_tables
-from linebridge.report.targets import target_lines, target_rows, targets_section, truth_checks
+from linebridge.report.targets import target_lines, target_rows, target_summary, targets_section, truth_checks
 from linebridge.report.training import (
     convergence_section,
-    efficiency_curves,
     efficiency_section,
     training_table,
 )
@@ -45,12 +46,21 @@ def headline_block(text: str) -> str | None:
     return text[start : end + len(HEADLINE_END)] if 0 <= start < end else None
 
 
+def summary(study: dict[str, Any], targets: list[dict], primary: list[dict]) -> str:
+    """The report's opening sentences, from the results: how many targets the method met (each missed one by how
+    much) and each primary question's verdict."""
+    return f"**Summary.** {target_summary(targets, study['method'])} {questions_summary(primary, study['alpha'])}"
+
+
 def headline(cfg: dict[str, Any], study: dict[str, Any], targets: list[dict], primary: list[dict]) -> list[str]:
-    """The numbers a reader wants first: the method's targets (seed means) and each primary question's verdict."""
+    """The numbers a reader wants first: the summary sentences, then the method's targets (seed means) and each
+    primary question's verdict one per line."""
     method = study["method"]
     seeds = ", ".join(map(str, arm_seeds(study)[method]))
     return [
         HEADLINE_START,
+        summary(study, targets, primary),
+        "",
         f"**Targets** of the full method {method}, mean over its seeds {seeds} (test split, profile "
         f"`{cfg['profile']}`):",
         "",
@@ -83,7 +93,19 @@ def header(root: Path, cfg: dict[str, Any], study: dict[str, Any], info: dict[st
         "",
         f"**Seeds**: {seed_text}; baselines ({', '.join(study['baselines'])}) and trivial outputs: one run each. "
         "Training seeds and drawing groups are the units of inference; arm summaries are seed means ± seed SD.",
+        "",
+        released_line(root, study),
     ]
+
+
+def released_line(root: Path, study: dict[str, Any]) -> str:
+    """Where the method's released weights and their model card are (the release stage), or that they are not."""
+    if not (root / MODEL_CARD).exists():
+        return f"**Released weights**: not run (no {MODEL_CARD}; the release stage writes it)."
+    return (
+        f"**Released weights**: {study['method']}-s0's EMA weights, `{RELEASED}` ([model card](../{MODEL_CARD})): "
+        "`linebridge colorize` and the demo use them when no checkpoint is given; `make verify` re-scores them."
+    )
 
 
 def subset_rule(max_per_group: int) -> str:
@@ -120,8 +142,8 @@ def build_report(root: Path, groups: GroupLookup | None = None) -> tuple[str, li
     groups = groups or prepared_groups(prepared)
     info = read_json(prepared / "info.json") or {}
     runs = arm_runs(study)
-    curves = efficiency_curves(root, study)
-    made = figures(root, study, prepared, curves)
+    made = figures(root, study, prepared)
+    cases = write_failures(root, cfg, study, prepared)
     primary = primary_contrasts(root, study, groups)
     null_lines, null_error = null_section(root, study, groups)
     tables, reasons = protocol_tables(root, runs)
@@ -130,6 +152,9 @@ def build_report(root: Path, groups: GroupLookup | None = None) -> tuple[str, li
         "# linebridge — ablation report",
         "",
         *headline(cfg, study, targets, primary),
+        "",
+        *samples_section(made["samples"]),
+        failures_link(cases),
         "",
         *header(root, cfg, study, info),
         "",
@@ -176,13 +201,12 @@ def build_report(root: Path, groups: GroupLookup | None = None) -> tuple[str, li
         "",
         "## Convergence",
         "",
-        *convergence_section(root, study, cfg["train"]["convergence_gain"]),
+        *convergence_section(root, study, cfg["train"]["convergence_gain"], cfg["train"]["min_epochs"]),
         "",
-        "## Learning efficiency (new against old training recipe)",
+        "## Learning efficiency (time to convergence)",
         "",
-        *efficiency_section(curves),
+        *efficiency_section(root),
         "",
-        *(["![learning efficiency](figures/learning_efficiency.png)", ""] if made["efficiency"] else []),
         "## Objectives at equal budget",
         "",
         *objectives_section(root),
@@ -201,7 +225,7 @@ def build_report(root: Path, groups: GroupLookup | None = None) -> tuple[str, li
         "",
         *tune_section(root),
         "",
-        *figures_section(made["samples"]),
+        *figures_section(),
         *closing(),
     ]
     return "\n".join(lines), [null_error] if null_error else []
@@ -221,19 +245,30 @@ def definitions() -> list[str]:
     ]
 
 
-def figures_section(samples: bool) -> list[str]:
-    lines = ["## Figures", ""]
-    if samples:
-        lines += [
-            "![samples](figures/samples.png)",
-            "",
-            f"Rows: {GRID_ITEMS} items spread evenly over each of the self-reference and cross-reference-with-ground-"
-            "truth protocols; columns: line art, reference, each arm's first-seed run, ground truth.",
-            "",
-        ]
-    else:
-        lines += ["Sample grid: not run (no prepared data or no evaluated run).", ""]
-    return lines + ["![metric bars](figures/metric_bars.png)", "", "Seed means ± seed SD.", ""]
+def samples_section(samples: bool) -> list[str]:
+    """The sample grid, shown right after the summary."""
+    if not samples:
+        return ["Sample grid: not run (no prepared data or no evaluated run).", ""]
+    return [
+        "![samples](figures/samples.png)",
+        "",
+        f"Rows: {GRID_ITEMS} items spread evenly over each of the self-reference and cross-reference-with-ground-"
+        "truth protocols; columns: line art, reference, each arm's first-seed run, ground truth.",
+        "",
+    ]
+
+
+def write_failures(root: Path, cfg: dict[str, Any], study: dict[str, Any], prepared: Path) -> dict[str, Any]:
+    """reports/failures.md and its figure (the method's worst cross_gt items); returns what they show."""
+    cases = failure_cases(root, cfg, study, prepared)
+    reports = root / "reports"
+    shown = failures_figure(cases["columns"], row_labels(cases), reports / FIGURE)
+    write_atomic(reports / PAGE, "\n".join(failures_page(cases, shown, cfg)))
+    return cases
+
+
+def figures_section() -> list[str]:
+    return ["## Figures", "", "![metric bars](figures/metric_bars.png)", "", "Seed means ± seed SD.", ""]
 
 
 def closing() -> list[str]:

@@ -29,7 +29,6 @@ def contrast_data(
     The seeds are those both arms have; the images are those every one of these runs evaluated (sorted by id), so
     the contrast compares the same images in the same order. Raises NotRun naming every missing file.
     """
-    protocol, metric = spec.split(".")
     seeds_of = arm_seeds(study)
     for arm in (a, b):
         if arm not in seeds_of:
@@ -37,14 +36,26 @@ def contrast_data(
     seeds = [s for s in seeds_of[a] if s in seeds_of[b]]
     if not seeds:
         raise NotRun(f"{a} and {b} share no training seed")
-    paths = [eval_file(root, run_name(arm, s), protocol, "csv") for arm in (a, b) for s in seeds]
+    xa, xb, lines, refs = runs_data(
+        root, groups, [run_name(a, s) for s in seeds], [run_name(b, s) for s in seeds], spec, f"{a} and {b}"
+    )
+    return xa, xb, lines, refs, seeds
+
+
+def runs_data(
+    root: Path, groups: GroupLookup, runs_a: list[str], runs_b: list[str], spec: str, what: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Per-image values of two lists of runs on `spec`, [runs, images], on the images every run evaluated (sorted
+    by id), with their line and reference drawings (None on self); a NotRun naming what is missing."""
+    protocol, metric = spec.split(".")
+    paths = [eval_file(root, run, protocol, "csv") for run in (*runs_a, *runs_b)]
     missing = [rel(root, p) for p in paths if not p.exists()]
     if missing:
         raise NotRun("missing " + ", ".join(missing))
     tables = [read_per_image(p) for p in paths]
     ids = sorted(set.intersection(*(set(t) for t in tables)))
     if not ids:
-        raise NotRun(f"the runs of {a} and {b} have no {protocol} item in common")
+        raise NotRun(f"the runs of {what} have no {protocol} item in common")
     if any(metric not in t[ids[0]] for t in tables):
         raise NotRun(f"{metric} is not in every run's {protocol}.csv")
     lookup = groups(protocol)
@@ -53,7 +64,7 @@ def contrast_data(
         raise NotRun(f"{len(unknown)} evaluated items are not in the prepared {protocol} protocol; re-run evaluate")
     values = np.array([[t[i][metric] for i in ids] for t in tables])
     lines, refs = (np.array(x) for x in zip(*(lookup[i] for i in ids)))
-    return values[: len(seeds)], values[len(seeds) :], lines, None if np.array_equal(lines, refs) else refs, seeds
+    return values[: len(runs_a)], values[len(runs_a) :], lines, None if np.array_equal(lines, refs) else refs
 
 
 def contrast(
@@ -119,15 +130,25 @@ def direction(row: dict[str, Any]) -> tuple[str, str]:
     return "better" if better else "worse", f"({'higher' if HIGHER_IS_BETTER[metric] else 'lower'} is better)"
 
 
-def outcome(row: dict[str, Any]) -> str:
-    """A primary question's verdict in a few words: better or worse when significant after Holm; otherwise within
-    ± margin when the equivalence interval lies inside it, else inconclusive."""
+def verdict_word(row: dict[str, Any]) -> str:
+    """A primary question's verdict in a word: 'significant' after Holm; otherwise 'within ± MARGIN' when the
+    equivalence interval lies inside the margin, else 'inconclusive'; 'not run' or 'no finite values to compare'
+    where there is nothing to judge."""
+    if "reason" in row:
+        return "not run"
     if np.isnan(row["result"]["effect"]):
         return "no finite values to compare"
     if row["significant"]:
-        return " ".join(direction(row))
+        return "significant"
     margin = effect(row["margin"], row["metric"].split(".")[1]).lstrip("+")
     return f"within ± {margin}" if row["equivalent"] else "inconclusive"
+
+
+def outcome(row: dict[str, Any]) -> str:
+    """A primary question's verdict in a few words: better or worse when significant after Holm, else its
+    `verdict_word` (within ± margin, inconclusive)."""
+    word = verdict_word(row)
+    return " ".join(direction(row)) if word == "significant" else word
 
 
 def verdict(row: dict[str, Any]) -> str:
@@ -166,6 +187,29 @@ def question_line(row: dict[str, Any]) -> str:
         f"{head}: {effect_ci(row['result'], row['metric'].split('.')[1])}, Holm p {holm_text(row['result'])} "
         f"({other}: {holm_text(row['other'])}) → {outcome(row)}"
     )
+
+
+def question_summary(row: dict[str, Any]) -> str:
+    """One primary question as the summary states it: 'A5 − A0 on cross_gt ΔE00 tone is **significant** (A5 better
+    by 2.27)', '… is **within ± 1.00**', '… is **inconclusive**', '… was **not run**'."""
+    head = f"{row['b']} − {row['a']} on {metric_name(row['metric']).rstrip('↑↓')}"
+    word = verdict_word(row)
+    if word == "significant":
+        size = effect(abs(row["result"]["effect"]), row["metric"].split(".")[1]).lstrip("+")
+        return f"{head} is **significant** ({row['b']} {direction(row)[0]} by {size})"
+    if word == "not run":
+        return f"{head} was **not run**"
+    if word.startswith("no finite"):
+        return f"{head} has **{word}**"
+    return f"{head} is **{word}**"
+
+
+def questions_summary(rows: list[dict[str, Any]], alpha: float) -> str:
+    """The primary questions' verdicts in one sentence, in their declared order."""
+    if not rows:
+        return "No primary questions are declared (params.yaml `study.primary`)."
+    holm = f"Holm over {len(rows)} at α = {alpha}"
+    return f"Pre-declared questions ({holm}): " + "; ".join(question_summary(row) for row in rows) + "."
 
 
 def units(row: dict[str, Any]) -> str:
@@ -252,34 +296,39 @@ def secondary_section(root: Path, study: dict[str, Any], groups: GroupLookup) ->
 
 
 def null_section(root: Path, study: dict[str, Any], groups: GroupLookup) -> tuple[list[str], str | None]:
-    """The null control (two arms that differ only in float rounding, paired by seed): lines and an error or None.
+    """The seed-split null control: one arm's training seeds in two halves, compared like two arms (unpaired: the
+    halves share no seed). Same config, same data: there is no effect to find. Lines and an error or None.
 
-    It must find nothing. If it finds a difference (p < alpha) or cannot run, the contrasts above are not
-    trustworthy, so the error goes back to `main`, which fails the stage.
+    If it finds a difference (p < alpha) or cannot run, the contrasts above are not trustworthy, so the error goes
+    back to `main`, which fails the stage. With two seeds a half it has few degrees of freedom, printed beside it;
+    the size-and-power table is the null control with power to fail.
     """
     spec = study.get("null_control")
     if not spec:
         return ["No null control is declared in `params.yaml` (study.null_control)."], None
-    a, b, metric = spec["a"], spec["b"], spec["metric"]
-    title = f"{b} − {a} on {metric_name(metric)}"
+    arm, metric = spec["arm"], spec["metric"]
+    seeds = arm_seeds(study).get(arm, [])
+    half = len(seeds) // 2
+    first, second = seeds[:half], seeds[half : 2 * half]
+    title = f"{arm} seeds {', '.join(map(str, second))} − seeds {', '.join(map(str, first))} on {metric_name(metric)}"
     try:
-        xa, xb, g, refs, seeds = contrast_data(root, study, groups, a, b, metric)
+        if half < 2:  # one seed a side leaves the seed variance unestimated: training noise would test as an effect
+            raise NotRun(f"{arm} has {len(seeds)} seed(s); the split needs two or more a half (4 seeds)")
+        runs_a, runs_b = [run_name(arm, s) for s in first], [run_name(arm, s) for s in second]
+        xa, xb, g, refs = runs_data(root, groups, runs_a, runs_b, metric, f"{arm}'s two halves")
     except NotRun as err:
         msg = f"the null control {title} cannot run: {err}"
         return [f"**NULL CONTROL NOT RUN — {msg}.** The contrasts above are unchecked."], msg
-    res = null_control(xa, xb, g, paired=True, alpha=study["alpha"], ref_groups=refs)
-    row = {"a": a, "b": b, "metric": metric, "seeds": seeds, "result": res}
+    res = null_control(xa, xb, g, paired=False, alpha=study["alpha"], ref_groups=refs)
+    row = {"a": arm, "b": arm, "metric": metric, "seeds": second, "result": res}
     name = metric.split(".")[1]
-    numbers = (
-        f"{title}: {effect_ci(res, name)}, p = {format_p(res['p_value'], res['p_floor'])}, {units(row)}; "
-        f"per seed {seed_spread(row, name)}"
-    )
+    numbers = f"{title}: {effect_ci(res, name)}, p = {_p_df(res)}, {units(row)}"
     if res["holds"]:
         return [f"Holds: {numbers}. No difference at α = {study['alpha']}, as there should be none."], None
     msg = f"the null control FAILED: {numbers} (p < α = {study['alpha']})"
     return [
-        f"**⚠ NULL CONTROL FAILED — {numbers}.** Two runs that differ only in float rounding test as different, so "
-        "the test finds effects in training noise and the verdicts above cannot be trusted as stated."
+        f"**⚠ NULL CONTROL FAILED — {numbers}.** Two halves of one arm's seeds test as different, so the test finds "
+        "effects in training noise and the verdicts above cannot be trusted as stated."
     ], msg
 
 

@@ -1,4 +1,5 @@
-"""The report's figures: sample grid, loss curves, metric bars, learning efficiency (bytes depend on the data only)."""
+"""The report's figures: sample grid, failure cases, loss curves, metric bars (bytes depend on
+the data only)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from linebridge.core.io import save_with
 from linebridge.data.splits import GRID_ITEMS, spread
 from linebridge.report.fmt import LABELS
 from linebridge.report.read import (
-    Curves,
     eval_file,
     read_history,
     read_per_image,
@@ -65,28 +65,43 @@ def sample_columns(root: Path, shown: dict[str, str], prepared: Path, protocol: 
     return cols
 
 
-def samples_figure(root: Path, shown: dict[str, str], prepared: Path, path: Path) -> bool:
-    """samples.png: self and cross_gt items, one column per arm's first-seed run; False when nothing to show."""
-    panels = [(p, c) for p in ("self", "cross_gt") if (c := sample_columns(root, shown, prepared, p))]
-    if not panels:
-        return False
+def image_grid(blocks: list[tuple[list[str], dict[str, list]]], path: Path, pad: float = 0.0) -> None:
+    """A grid of images written to `path`: blocks of rows stacked, each (row labels, column title → images)."""
     plt = _pyplot()
-    ncols, nrows = max(len(c) for _, c in panels), sum(len(next(iter(c.values()))) for _, c in panels)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 1.1, nrows * 1.1 + 0.6), squeeze=False)
+    ncols, nrows = max(len(c) for _, c in blocks), sum(len(labels) for labels, _ in blocks)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 1.1 + pad, nrows * 1.1 + 0.6 - pad), squeeze=False)
     r0 = 0
-    for protocol, cols in panels:
-        n = len(next(iter(cols.values())))
+    for labels, cols in blocks:
         for j, (title, images) in enumerate(cols.items()):
-            for i in range(n):
-                axes[r0 + i][j].imshow(images[i].convert("RGB"))
+            for i, image in enumerate(images):
+                axes[r0 + i][j].imshow(image.convert("RGB"))
             axes[r0][j].set_title(title, fontsize=7)
-        axes[r0][0].set_ylabel(protocol, fontsize=7)
-        r0 += n
+        for i, label in enumerate(labels):
+            if label:
+                axes[r0 + i][0].set_ylabel(label, fontsize=7)
+        r0 += len(labels)
     for ax in axes.flat:
         ax.set_xticks([]), ax.set_yticks([])
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
+
+
+def samples_figure(root: Path, shown: dict[str, str], prepared: Path, path: Path) -> bool:
+    """samples.png: self and cross_gt items, one column per arm's first-seed run; False when nothing to show."""
+    panels = [(p, c) for p in ("self", "cross_gt") if (c := sample_columns(root, shown, prepared, p))]
+    if not panels:
+        return False
+    image_grid([([p] + [""] * (len(next(iter(c.values()))) - 1), c) for p, c in panels], path)
+    return True
+
+
+def failures_figure(columns: dict[str, list] | None, labels: list[str], path: Path) -> bool:
+    """failures.png: one labelled row per item, one column per kind of image (line art, reference, …); False, and
+    nothing written, without images."""
+    if not columns or not labels:
+        return False
+    image_grid([(labels, columns)], path, pad=0.3)
     return True
 
 
@@ -125,34 +140,12 @@ def bars_figure(root: Path, runs: dict[str, list[str]], path: Path) -> None:
     plt.close(fig)
 
 
-def efficiency_figure(curves: Curves, path: Path) -> bool:
-    """learning_efficiency.png: val PSNR and val tone ΔE00 against training minutes, both recipes."""
-    if not any(rows for _, rows in curves.values()):
-        return False
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, metric in zip(axes, ("psnr", "delta_e_tone")):
-        for label, (run, rows) in curves.items():
-            points = [(r["minutes"], r[metric]) for r in rows if r["minutes"] is not None and r.get(metric) is not None]
-            if points:
-                ax.plot(*zip(*points), marker="o", ms=3, label=f"{label} ({run})")
-        ax.set_xlabel("training minutes"), ax.set_title(f"validation {LABELS[metric]}", fontsize=9)
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return True
-
-
-def figures(root: Path, study: dict[str, Any], prepared: Path, curves: Curves) -> dict[str, bool]:
-    """Write every figure; returns which of the optional ones (samples, learning efficiency) exist now."""
+def figures(root: Path, study: dict[str, Any], prepared: Path) -> dict[str, bool]:
+    """Write every figure; returns which of the optional ones (samples) exist now."""
     fig_dir = root / "reports" / "figures"
     runs, shown = arm_runs(study), seed0(study)
     loss_figure(root, shown, fig_dir / "loss_curves.png")
     bars_figure(root, runs, fig_dir / "metric_bars.png")
     return {
         "samples": samples_figure(root, shown, prepared, fig_dir / "samples.png"),
-        "efficiency": efficiency_figure(curves, fig_dir / "learning_efficiency.png"),
     }

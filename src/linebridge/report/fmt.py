@@ -110,3 +110,14 @@ def interval(res: dict[str, Any], metric: str) -> str:
 def effect_ci(res: dict[str, Any], metric: str) -> str:
     """'effect [low, high]' of a contrast."""
     return f"{effect(res['effect'], metric)} {interval(res, metric)}"
+
+
+def and_list(items: Iterable[str]) -> str:
+    """'a', 'a and b', 'a, b and c': items as a sentence lists them."""
+    items = list(items)
+    return " and ".join([", ".join(items[:-1]), items[-1]] if len(items) > 2 else items)
+
+
+def plural(n: int, noun: str) -> str:
+    """'1 target', '2 targets'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -13,7 +13,6 @@ import numpy as np
 from linebridge.core.config import read_yaml
 
 GroupLookup = Callable[[str], dict[str, tuple[str, str]]]  # protocol → {item id: (line drawing, reference drawing)}
-Curves = dict[str, tuple[str, list[dict[str, Any]]]]  # recipe label → (run, its validation curve rows)
 
 
 class NotRun(Exception):

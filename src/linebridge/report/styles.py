@@ -14,21 +14,15 @@ from typing import Any
 import numpy as np
 
 from linebridge.core.config import ConfigError, load_config
-from linebridge.data.styles import DARK, PROTOCOL_FAMILY, STROKE_SCALE, STYLE_PROTOCOLS
+from linebridge.data.styles import DARK, PROTOCOL_FAMILY, STROKE_SCALE, STYLE_PROTOCOLS, STYLED
 from linebridge.report.fmt import show, table
 from linebridge.report.read import eval_file, read_per_image, seed_summary
 from linebridge.report.study import arm_seeds
 
-# The method's checks on each style (seed means).
-MAX_TONE_RATIO = 1.25  # tone ΔE00 at most this many times the method's in-style tone ΔE00
-MIN_SLOPE = 0.6  # skin-lightness slope at least this: the skin still follows the reference's tone
-MAX_INTERIOR_RATIO = 1.2  # interior ΔE00 within 20 % of the in-style value
-COPY_REFERENCE = "copy-reference"  # the trivial output the method's tone ΔE00 must stay below on every style
-
-TONE = ("cross_gt", "delta_e_tone")  # colour transfer: the skin-tone region of another drawing's reference
-INTERIOR = ("self", "delta_e_interior")  # the drawing's fills, lines of both drawings left out
+# In style and in each style on the same pixels: off the lines of the drawing and of every style (`_common`).
+TONE = ("cross_gt", "delta_e_tone_common")  # colour transfer: the skin-tone region, from another drawing's reference
+INTERIOR = ("self", "delta_e_interior_common")  # the drawing's fills
 SLOPE = "slope"  # printed with 3 decimals, as fmt.show prints metrics it has no rule for
-STYLED = (INTERIOR[0], TONE[0])  # the protocols scored in each style
 LIGHTNESS = ("tone_lightness", "tone_lightness_gt")  # cross_gt: mean L* over the tone region, output and truth
 
 
@@ -134,15 +128,21 @@ def scaled(factor: float, base: float | None) -> float | None:
 
 def method_checks(root: Path, study: dict[str, Any], runs: dict[str, list[str]]) -> list[str]:
     """The method on each style: tone below copy-reference's, tone and interior near in style, slope high enough."""
-    method = study["method"]
+    method, checks_of = study["method"], study["style_checks"]
+    below, max_tone, min_slope, max_interior = (
+        checks_of["below"],
+        checks_of["max_tone_ratio"],
+        checks_of["min_slope"],
+        checks_of["max_interior_ratio"],
+    )
     names = runs.get(method, [])
     home = arm_scores(root, names, None)
-    copied = runs.get(COPY_REFERENCE, [COPY_REFERENCE])
+    copied = runs.get(below, [below])
     try:
         seen = seen_styles(root, method)[1]
     except ConfigError:
         seen = {}
-    tone_max, interior_max = scaled(MAX_TONE_RATIO, home["tone"]), scaled(MAX_INTERIOR_RATIO, home["interior"])
+    tone_max, interior_max = scaled(max_tone, home["tone"]), scaled(max_interior, home["interior"])
     out = []
     for style in STYLE_PROTOCOLS:
         mine = arm_scores(root, names, style)
@@ -155,19 +155,19 @@ def method_checks(root: Path, study: dict[str, Any], runs: dict[str, list[str]])
         status = {True: "seen", False: "unseen"}.get(seen.get(style), "seen/unseen not known")
         checks = [
             (
-                f"tone ΔE00 below {COPY_REFERENCE}'s",
+                f"tone ΔE00 below {below}'s",
                 f"{tone} vs {show(theirs, TONE[1])}",
                 verdict(mine["tone"], "<", theirs),
             ),
             (
-                f"tone ΔE00 ≤ {MAX_TONE_RATIO:g} × in style",
-                f"{tone} vs {MAX_TONE_RATIO:g} × {show(home['tone'], TONE[1])} = {show(tone_max, TONE[1])}",
+                f"tone ΔE00 ≤ {max_tone:g} × in style",
+                f"{tone} vs {max_tone:g} × {show(home['tone'], TONE[1])} = {show(tone_max, TONE[1])}",
                 verdict(mine["tone"], "<=", tone_max),
             ),
-            (f"skin-lightness slope ≥ {MIN_SLOPE:g}", slope, verdict(mine["slope"], ">=", MIN_SLOPE)),
+            (f"skin-lightness slope ≥ {min_slope:g}", slope, verdict(mine["slope"], ">=", min_slope)),
             (
-                f"interior ΔE00 ≤ {MAX_INTERIOR_RATIO:g} × in style",
-                f"{interior} vs {MAX_INTERIOR_RATIO:g} × {show(home['interior'], INTERIOR[1])} = "
+                f"interior ΔE00 ≤ {max_interior:g} × in style",
+                f"{interior} vs {max_interior:g} × {show(home['interior'], INTERIOR[1])} = "
                 f"{show(interior_max, INTERIOR[1])}",
                 verdict(mine["interior"], "<=", interior_max),
             ),

@@ -6,7 +6,7 @@ import operator
 from pathlib import Path
 from typing import Any
 
-from linebridge.report.fmt import LABELS, metric_name, show, table
+from linebridge.report.fmt import LABELS, and_list, metric_name, plural, show, table
 from linebridge.report.read import seed_mean
 
 # A target's comparison: how its label writes it, and the test.
@@ -74,6 +74,30 @@ def target_lines(rows: list[dict[str, Any]]) -> list[str]:
         threshold = f" ({show(r['threshold'], r['metric'])})" if r["relative"] else ""
         lines.append(f"- {r['label']}{threshold}: {show(r['value'], r['metric'])} → {r['result']}")
     return lines
+
+
+def target_summary(rows: list[dict[str, Any]], method: str) -> str:
+    """The targets in a sentence or two: how many of them the method met, each missed one with the amount it missed
+    by (value vs threshold), and those that could not be checked. The results are `target_rows`' own."""
+    if not rows:
+        return f"No targets are declared for the method {method} (params.yaml `study.targets`)."
+    met = [r for r in rows if r["result"] == "met"]
+    missed = [r for r in rows if r["result"].startswith("missed by ")]
+    unchecked = [r for r in rows if r["result"] != "met" and not r["result"].startswith("missed by ")]
+    if len(met) == len(rows):
+        every = "its one target" if len(rows) == 1 else f"all {len(rows)} of its targets"
+        return f"The method {method} met {every} (seed means)."
+    text = f"The method {method} met {len(met)} of its {plural(len(rows), 'target')} (seed means)"
+    if missed:
+        text += "; it missed " + and_list(
+            f"{r['label']} by {r['result'].removeprefix('missed by ')} "
+            f"({show(r['value'], r['metric'])} vs {show(r['threshold'], r['metric'])})"
+            for r in missed
+        )
+    text += "."
+    if unchecked:
+        text += f" Not checked (not run): {and_list(r['label'] for r in unchecked)}."
+    return text
 
 
 def truth_checks(root: Path, study: dict[str, Any], runs: dict[str, list[str]]) -> list[str]:

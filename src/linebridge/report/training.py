@@ -1,4 +1,4 @@
-"""How the runs trained: convergence, time and best checkpoints, and validation quality against training minutes."""
+"""How the runs trained: convergence, time and best checkpoints, and the time-to-convergence benchmark."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from linebridge.core.config import study_runs
-from linebridge.core.runs import convergence_value
+from linebridge.core.runs import CONVERGED_CHECKS, converged_now, convergence_value
 from linebridge.report.fmt import minutes, show, table
-from linebridge.report.read import Curves, read_history, read_json, train_file
+from linebridge.report.read import read_history, read_json, train_file
 
 
 def training_minutes(summary: dict[str, Any] | None, history: list[dict[str, Any]]) -> float | None:
@@ -20,8 +20,8 @@ def training_minutes(summary: dict[str, Any] | None, history: list[dict[str, Any
     return None
 
 
-def convergence_section(root: Path, study: dict[str, Any], gain: float) -> list[str]:
-    """For every BBDM run: steps, epochs, best epoch, the convergence rule's value and its yes/no."""
+def convergence_section(root: Path, study: dict[str, Any], gain: float, min_epochs: int) -> list[str]:
+    """For every BBDM run: steps, epochs, best epoch, the rule's value at the end, whether it holds, what stopped it."""
     rows = []
     for run in study_runs(study):
         summary = read_json(train_file(root, run, "json"))
@@ -34,16 +34,30 @@ def convergence_section(root: Path, study: dict[str, Any], gain: float) -> list[
         epochs = summary["epochs_run"] if summary else len(history)
         best = summary["best_epoch"] if summary else "—"
         shown = "— (fewer than two epochs)" if value is None else f"{100 * value:.1f} %"
-        converged = "—" if value is None else ("yes" if value < gain else "no")
-        rows.append([run, steps, epochs, best, shown, converged, minutes(training_minutes(summary, history))])
-    header = ["run", "steps", "epochs", "best epoch", "val-loss fall, last quarter", "converged", "training minutes"]
+        converged = "—" if value is None else ("yes" if converged_now(history, gain, min_epochs) else "no")
+        rows.append([run, steps, epochs, best, shown, converged, stopped_by(summary, history, gain, min_epochs)])
+        rows[-1].append(minutes(training_minutes(summary, history)))
+    header = ["run", "steps", "epochs", "best epoch", "val-loss fall, last quarter", "converged", "stopped by"]
+    header.append("training minutes")
     return [
         *table(header, [[str(c) for c in row] for row in rows]),
         "",
         f"Converged: the validation loss fell by less than {100 * gain:g} % of its value over the last quarter of "
-        "the run's steps (from the epoch whose step is closest to 75 % of the final step, at least one epoch before "
-        "the last, to the end).",
+        f"the run's steps (from the epoch whose step is closest to 75 % of the final step, at least one epoch before "
+        f"the last, to the end), at {CONVERGED_CHECKS} epoch ends in a row, not before epoch {min_epochs}. Runs stop "
+        "there (train.stop_at_convergence) or at their cap (train.epochs).",
     ]
+
+
+def stopped_by(summary: dict[str, Any] | None, history: list[dict[str, Any]], gain: float, min_epochs: int) -> str:
+    """What ended a run: the convergence rule, early stopping (patience) or the cap (or a run from before the rule)."""
+    if summary is None:
+        return "—"
+    if summary.get("stopped_early"):
+        return "patience"
+    if summary.get("converged") or converged_now(history, gain, min_epochs):
+        return "rule"
+    return "cap"
 
 
 def training_table(root: Path, names: list[str]) -> list[str]:
@@ -67,39 +81,28 @@ def training_table(root: Path, names: list[str]) -> list[str]:
     ]
 
 
-def curve_rows(root: Path, run: str) -> list[dict[str, Any]]:
-    """A run's validation curve with training minutes per row (from the curve, else the training history's wall_s)."""
-    curve = read_json(root / "metrics" / "curve" / f"{run}.json")
-    if curve is None:
-        return []
-    walls = {int(h["epoch"]): h["wall_s"] for h in read_history(train_file(root, run, "csv"))}
+def efficiency_section(root: Path) -> list[str]:
+    """The time-to-convergence benchmark (benchmarks/convergence.py → metrics/convergence.json): per arm, the recipe
+    before (24 epochs) and the study's (stopped by the rule), loop seconds and validation quality where each stops."""
+    record = read_json(root / "metrics" / "convergence.json")
+    if record is None:
+        return ["Not run (no metrics/convergence.json): `python benchmarks/convergence.py` writes it."]
     rows = []
-    for r in curve["rows"]:
-        wall = r.get("wall_s") if r.get("wall_s") is not None else walls.get(int(r["epoch"]))
-        rows.append({**r, "minutes": None if wall is None else wall / 60})
-    return rows
-
-
-def efficiency_curves(root: Path, study: dict[str, Any]) -> Curves:
-    """The validation curves of `study.curves`: the recipe's run first, the old recipe's run second."""
-    new, old = study["curves"]
-    return {"new recipe": (new, curve_rows(root, new)), "old recipe": (old, curve_rows(root, old))}
-
-
-def efficiency_section(curves: Curves) -> list[str]:
-    """Validation quality against training time for the two recipes, one row per epoch checkpoint."""
-    rows = []
-    for label, (run, points) in curves.items():
-        if not points:
-            rows.append([label, run, f"not run (no metrics/curve/{run}.json)"])
-        for r in points:
-            rows.append(
-                [label, run, str(r["epoch"]), minutes(r["minutes"]), show(r.get("psnr"), "psnr")]
-                + [show(r.get("delta_e_tone"), "delta_e_tone"), show(r.get("tint_rate"), "tint_rate")]
-            )
-    header = ["recipe", "run", "epoch", "training minutes", "val PSNR↑", "val ΔE00 tone↓", "val tint↓"]
+    for key, r in sorted(record["runs"].items(), key=lambda kv: (kv[0].split("/")[1], kv[0])):
+        recipe, run = key.split("/")
+        q = r["quality"]
+        held = "—" if r.get("rule_first_held_at") is None else str(r["rule_first_held_at"])
+        rows.append(
+            [run, recipe, str(r["epoch"]), held, f"{r['loop_s']:.0f}", show(q.get("psnr"), "psnr")]
+            + [show(q.get("tint_rate"), "tint_rate"), show(q.get("delta_e_tone"), "delta_e_tone"), r.get("date", "")]
+        )
+    header = ["run", "recipe", "stopped at epoch", "rule first held", "loop s", "val PSNR↑", "val tint↓"]
+    header += ["val ΔE00 tone↓", "sitting"]
+    ratios = ", ".join(f"{run} {ratio:.2f}" for run, ratio in sorted(record.get("ratio", {}).items()))
     return [
         *table(header, rows),
         "",
-        "Validation split, the checkpoint saved at the end of each epoch; minutes = cumulative training time then.",
+        "Validation split, EMA weights at the study's sampler, the epoch where each run stops (before: the 24th; "
+        "the study's recipe: where the convergence rule stopped it, or its cap). Loop seconds exclude validation, "
+        f"checkpoints and sample grids; compare them within one sitting only. Study recipe / before: {ratios or '—'}.",
     ]

@@ -4,8 +4,8 @@
                     [--study-name NAME] [--out DIR] [--no-mlflow]
 
 Multi-fidelity: each trial trains A3 for the short budget of the `tune:` params section
-(`tune.epochs` on `tune.max_train_images`, with the recipe's schedule shape squeezed into
-the trial: warm-up, then the cosine to the floor) with values from `tune.space` (seeded
+(`tune.epochs` on `tune.max_train_images`, every trial the same length: the convergence stop is
+off within trials) with values from `tune.space` (seeded
 TPE), and reports one value per epoch to a MedianPruner (objective.py says what it scores:
 validation metrics at the study's sampler, never a loss). The pruner waits for
 `tune.pruner_startup_trials` finished trials and epoch `tune.pruner_first_epoch`. When all
@@ -285,7 +285,14 @@ def main(args: argparse.Namespace) -> int:
             tune[key] = getattr(args, key)
     if tune["trials"] < 1 or tune["workers"] < 1:
         raise UserError(f"--trials and --workers must be at least 1, got {tune['trials']} and {tune['workers']}")
-    budget = {"train": {"epochs": tune["epochs"], "max_train_images": tune["max_train_images"], "checkpoint_every": 1}}
+    budget = {  # every trial trains exactly tune.epochs: the pruner compares trials epoch by epoch
+        "train": {
+            "epochs": tune["epochs"],
+            "max_train_images": tune["max_train_images"],
+            "checkpoint_every": 1,
+            "stop_at_convergence": False,
+        }
+    }
     cfg = merge(cfg, budget, "params.yaml tune")
     paths = TunePaths.resolve(tune, args.out, args.storage)
     setup = Setup(cfg, tune, paths, args.study_name or f"{EXPERIMENT}-{cfg['profile']}", None, None, "unknown")
