@@ -222,7 +222,8 @@ def test_no_checkpoint_page_says_how_to_get_one(browser, tmp_path):
     try:
         open_page(browser, url)
         note = wait_for(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#no-checkpoint").text, "the note")
-        assert "No trained checkpoint found" in note and "dvc repro train@A3" in note and "--checkpoint" in note
+        assert "No trained checkpoint found" in note and "dvc repro train@A5-s0" in note and "--checkpoint" in note
+        assert "weights/linebridge.safetensors" in note  # the released weights, and how to restore them
         assert "No example gallery" in browser.find_element(By.CSS_SELECTOR, "#no-gallery").text
         assert not browser.find_element(By.CSS_SELECTOR, "#colorize").is_enabled()
         assert "Traceback" not in browser.page_source
