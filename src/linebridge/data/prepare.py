@@ -66,7 +66,7 @@ from linebridge.data.splits import (
     spread,
     stratify_toned,
 )
-from linebridge.data.styles import STYLE_PROTOCOLS
+from linebridge.data.styles import STYLE_PROTOCOLS, restyled
 
 CONTACT_SHEET = Path("reports/figures/data_contact_sheet.png")
 SUMMARY = Path("metrics/data.json")  # info.json's committed copy: splits and the design of the protocols
@@ -321,27 +321,6 @@ def _render_all(
             for style, image in restyled(svg, size, colour, line).items():
                 image.save(tmp / "styles" / style / f"{e.id}.png")
     return kept, skipped, eval_colour
-
-
-def restyled(svg: str, size: int, colour: Image.Image, line: Image.Image) -> dict[str, Image.Image]:
-    """The line art of one val/test picture in each unseen style (mode L, dark lines on white)."""
-    import torch
-
-    from linebridge.data import styles
-
-    def tensor(image: Image.Image) -> torch.Tensor:
-        array = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1)
-        return array.permute(2, 0, 1)[None] if array.ndim == 3 else array[None, None]
-
-    def image(t: torch.Tensor) -> Image.Image:
-        return Image.fromarray(((t[0, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy(), "L")
-
-    rgb, lines = tensor(colour), tensor(line)
-    return {
-        "thick": render_lineart(svg, size, styles.STROKE_SCALE),
-        "filled": image(styles.fill_dark(lines, rgb)),
-        "extracted": image(styles.extract(rgb)),
-    }
 
 
 def _write_protocols(

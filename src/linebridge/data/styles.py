@@ -18,9 +18,13 @@ every model on them. A protocol measures an unseen style only for a model traine
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 FAMILIES = ("width", "fill", "extract", "blur")
 # The unseen-style protocols and the family each belongs to. `thick` is drawn from the SVG itself (strokes
@@ -99,3 +103,23 @@ def restyle(line: Tensor, colour: Tensor, share: float, families: Sequence[str])
         if bool(pick.any()):
             out = torch.where(pick[:, None, None, None], styled[family](), out)
     return out
+
+
+def restyled(svg: str, size: int, colour: Image.Image, line: Image.Image) -> dict[str, Image.Image]:
+    """The line art of one val/test picture in each unseen style (`STYLE_PROTOCOLS`; mode L, dark lines on white):
+    what `prepare` writes for the unseen-style protocols."""
+    from torchvision.transforms.functional import pil_to_tensor, to_pil_image
+
+    from linebridge.data.folders import to_float
+    from linebridge.data.openmoji import render_lineart
+
+    rgb, lines = (to_float(pil_to_tensor(image))[None] for image in (colour, line))
+
+    def image(t: Tensor) -> Image.Image:
+        return to_pil_image(((t[0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8), "L")
+
+    return {
+        "thick": render_lineart(svg, size, STROKE_SCALE),
+        "filled": image(fill_dark(lines, rgb)),
+        "extracted": image(extract(rgb)),
+    }
