@@ -18,6 +18,12 @@ train.min_epochs) or its cap; for `before` its 24th epoch, with the epoch where 
                                                           # epoch; its validation quality there beside the stop's
     python benchmarks/convergence.py --seeds 1 --recipes after   # more seeds of the new recipe: the seed spread
     python benchmarks/convergence.py --resummarise        # re-read every finished run (after a change of the rule)
+    python benchmarks/convergence.py --gans pix2pix scft  # instead: each GAN baseline on its schedule and on twice it
+
+The GAN baselines decay their learning rate linearly to 0 over their schedule (baselines.NAME.epochs, the reference
+code's policy), so a run is at its plateau when twice the schedule no longer improves its validation quality: `--gans`
+trains each on its schedule (`gan-x1/NAME`) and on twice it (`gan-x2/NAME`) and records both, and the change, under
+`plateau`.
 
 Resumable: every run trains into outputs/bench/convergence/RECIPE/ARM-sSEED with --resume, and the JSON is
 rewritten after each result, so a killed benchmark goes on where it stopped. Timings compare only within one
@@ -57,6 +63,7 @@ BEFORE = [
     "model.dim_head=32",
 ]
 RECIPES = {"before": BEFORE, "after": []}
+GANS = ("pix2pix", "scft")
 KEEP = ["train.keep_epochs=true"]  # every epoch's weights: the quality at the stopping epoch and at 2 × it
 
 
@@ -75,7 +82,8 @@ def summarise(out: Path, cfg: dict[str, Any], data: dict[str, Any], at: int | No
     stop = converged_at(rows, tc["convergence_gain"], tc["min_epochs"])
     epoch = at or (stop if tc["stop_at_convergence"] and stop else None) or min(len(rows), tc["epochs"])
     value = convergence_value(rows[:epoch])
-    quality = study_quality(out / "epochs" / f"epoch_{epoch:03d}.pt", cfg, data)
+    kept = out / "epochs" / f"epoch_{epoch:03d}.pt"  # the GAN loop keeps no epochs: scored where it ends
+    quality = study_quality(kept if kept.exists() or epoch < len(rows) else out / "last.pt", cfg, data)
     return {
         "epoch": epoch,
         "steps": int(rows[epoch - 1]["step"]),
@@ -104,6 +112,7 @@ def main() -> int:
     parser.add_argument("--val-items", type=int, default=160, help="validation items per protocol (self, cross_gt)")
     parser.add_argument("--out", default="metrics/convergence.json")
     parser.add_argument("--resummarise", action="store_true", help="re-read the finished runs; train nothing")
+    parser.add_argument("--gans", nargs="+", choices=GANS, help="instead: these GAN baselines at 1 × and 2 × schedule")
     args = parser.parse_args()
     root = repo_root()
     out_json = root / args.out
@@ -118,7 +127,17 @@ def main() -> int:
     )
     sitting = {"host": platform.node(), "date": datetime.date.today().isoformat(), "commit": commit}
     sitting["command"] = " ".join(["python benchmarks/convergence.py", *sys.argv[1:]])
-    for recipe in args.recipes:
+    for name in args.gans or []:
+        for times in (1, 2):
+            key, folder = f"gan-x{times}/{name}", root / "outputs" / "bench" / "convergence" / f"gan-x{times}" / name
+            epochs = load_config(name)["baselines"][name]["epochs"] * times
+            sets = [f"baselines.{name}.epochs={epochs}", *KEEP, f"eval.sweep_images={args.val_items}"]
+            if key not in record["runs"] or not (folder / "metrics.json").exists():
+                train(name, folder, sets)
+                cfg = load_config(name, overrides=sets)
+                record["runs"][key] = {**sitting, **summarise(folder, cfg, validation_sets(cfg), at=epochs)}
+                write_json(out_json, plateaus(ratios(record)))
+    for recipe in args.recipes if not args.gans else []:
         for arm in args.arms:
             for seed in args.seeds:
                 run = f"{arm}-s{seed}"
@@ -149,6 +168,20 @@ def main() -> int:
                     write_json(out_json, ratios(record))
     print(json.dumps(ratios(record), indent=2))
     return 0
+
+
+def plateaus(record: dict[str, Any]) -> dict[str, Any]:
+    """Per GAN baseline run on both schedules: its validation quality on twice the schedule minus on the schedule."""
+    runs = record["runs"]
+    record["plateau"] = {
+        key.split("/", 1)[1]: {
+            metric: round(runs[key.replace("x1", "x2", 1)]["quality"][metric] - value, 4)
+            for metric, value in runs[key]["quality"].items()
+        }
+        for key in runs
+        if key.startswith("gan-x1/") and key.replace("x1", "x2", 1) in runs
+    }
+    return record
 
 
 def ratios(record: dict[str, Any]) -> dict[str, Any]:

@@ -82,3 +82,43 @@ def test_a_damaged_release_names_the_file(tmp_path):
     bad.write_bytes(b"not a safetensors file")
     with pytest.raises(checkpoint.CheckpointError, match="not a readable safetensors file"):
         checkpoint.load(bad)
+
+
+COMMITTED = Path(__file__).resolve().parents[1] / RELEASED
+
+
+def own_drawing(side: int = 600) -> tuple[Image.Image, Image.Image, Image.Image]:
+    """A face as a user might draw it, in a style the study never trains on: 600 px, strokes 5 % of the side
+    wide, the hair a filled black area; its reference (skin and hair coloured, no lines); the face's mask."""
+    from PIL import ImageDraw
+
+    w = side // 20
+    face = (side * 0.2, side * 0.25, side * 0.8, side * 0.9)
+    line, ref, mask = (Image.new(m, (side, side), c) for m, c in (("L", 255), ("RGB", "white"), ("L", 0)))
+    for draw, skin in ((ImageDraw.Draw(line), 255), (ImageDraw.Draw(ref), (232, 178, 130))):
+        draw.ellipse(face, fill=skin, outline=0 if skin == 255 else None, width=w)
+        draw.chord((side * 0.2, side * 0.15, side * 0.8, side * 0.6), 180, 360, fill=0 if skin == 255 else (70, 40, 20))
+        if skin == 255:  # eyes and mouth: lines only
+            for x in (0.38, 0.62):
+                draw.ellipse((side * x - w, side * 0.6 - w, side * x + w, side * 0.6 + w), fill=0)
+            draw.arc((side * 0.38, side * 0.62, side * 0.62, side * 0.8), 20, 160, fill=0, width=w)
+    ImageDraw.Draw(mask).ellipse(face, fill=255)
+    return line, ref, mask
+
+
+@pytest.mark.skipif(not COMMITTED.exists(), reason=f"{RELEASED} is written by the study (`make repro`)")
+def test_released_weights_colour_a_large_thick_stroked_drawing(tmp_path, monkeypatch):
+    """The README's "own drawing" path: a 600 px drawing with thick strokes and a filled black area comes back
+    coloured, not as its line art: most of the skin (off the lines) is neither white, black nor grey."""
+    import numpy as np
+
+    line, ref, mask = own_drawing()
+    line.save(tmp_path / "line.png")
+    ref.save(tmp_path / "ref.png")
+    monkeypatch.chdir(COMMITTED.parents[1])
+    out = tmp_path / "out.png"
+    assert cli_main(["colorize", str(tmp_path / "line.png"), "--ref", str(tmp_path / "ref.png"), "-o", str(out)]) == 0
+    colour = np.asarray(Image.open(out).convert("RGB").resize(line.size), dtype=float) / 255
+    skin = (np.asarray(mask) > 0) & (np.asarray(line) > 128)  # inside the face, off the drawn lines and the hair
+    saturation = colour.max(axis=2) - colour.min(axis=2)
+    assert (saturation[skin] > 0.08).mean() > 0.5, f"coloured share of the skin {(saturation[skin] > 0.08).mean():.2f}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from linebridge.repro import DEFAULT_GUESS, FIRST_GUESS, clock, eta, family, topological
+from linebridge.repro import AT_ONCE_GAIN, DEFAULT_GUESS, FIRST_GUESS, clock, dag, eta, family, topological
 
 
 def test_family_is_the_stage_name_before_the_at():
@@ -31,4 +31,19 @@ def test_stages_run_after_the_stages_they_depend_on():
         + ['"data.dvc" -> "prepare";', '"evaluate@A0-s0" -> "report";', '"train@A0-s0" -> "evaluate@A0-s0";']
         + ['"prepare" -> "train@A0-s0";', "}"]
     )
-    assert topological(dot) == ["prepare", "train@A0-s0", "evaluate@A0-s0", "report"]
+    before = dag(dot)
+    assert before == {
+        "prepare": set(),
+        "train@A0-s0": {"prepare"},
+        "evaluate@A0-s0": {"train@A0-s0"},
+        "report": {"evaluate@A0-s0"},
+    }
+    assert topological(before) == ["prepare", "train@A0-s0", "evaluate@A0-s0", "report"]
+
+
+def test_eta_at_two_jobs_shares_the_machine():
+    """Two at once: a first guess (one at a time) stretches by 2 / the measured gain; the total is split between
+    the jobs; times measured this sitting (already at two at once) are used as they are."""
+    stages = ["train@A0-s1", "train@A0-s2"]
+    assert eta(stages, {}, jobs=2) == pytest.approx(2 * FIRST_GUESS["train"] / AT_ONCE_GAIN)
+    assert eta(stages, {"train": [500.0]}, jobs=2) == pytest.approx(500.0)

@@ -27,7 +27,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("objectives", "linebridge.objectives", "train A3 under each bridge objective (grad, noise, ysubx) and compare"),
     ("power", "linebridge.evaluation.power", "size and power of the contrast test at a design, by simulation"),
     ("report", "linebridge.report", "write reports/ablation.md from the evaluated runs"),
-    ("repro", "linebridge.repro", "run the study (dvc repro) one stage at a time, with progress and an ETA"),
+    ("repro", "linebridge.repro", "run the study (dvc repro) stage by stage, two at once, with progress and an ETA"),
     ("release", "linebridge.release", "export the method's weights (safetensors) and its model card"),
     ("verify", "linebridge.verify", "re-score the released weights on the test protocols against the study"),
     ("bench", "linebridge.bench", "benchmark training steps and sampling against the machine's matmul peak"),

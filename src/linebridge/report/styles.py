@@ -38,8 +38,13 @@ def lightness_slope(path: Path) -> float | None:
     column (no tone region) are left out; None without the columns, with fewer than two items or no spread in x.
     """
     rows = [(r[LIGHTNESS[1]], r[LIGHTNESS[0]]) for r in read_per_image(path).values() if set(LIGHTNESS) <= r.keys()]
-    xy = np.array(rows, dtype=float).reshape(-1, 2)
-    x, y = xy[~np.isnan(xy).any(axis=1)].T
+    return ols_slope(*np.array(rows, dtype=float).reshape(-1, 2).T)
+
+
+def ols_slope(x: np.ndarray, y: np.ndarray) -> float | None:
+    """OLS slope of y on x over the pairs without a NaN; None with fewer than two or no spread in x."""
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
     if len(x) < 2 or np.ptp(x) == 0:
         return None
     dx = x - x.mean()
