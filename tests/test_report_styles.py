@@ -120,7 +120,7 @@ def test_missing_evaluations_give_not_run_cells(styled):
 def test_the_method_checklist_reads_met_and_missed(styled):
     checks = method_checks(styled, study(styled), arm_runs(study(styled)))
     text = "\n".join(checks)
-    assert checks[0] == "- **thick** (unseen for A3):"
+    assert checks[0] == "- **thick** (seen for A3):"  # params.yaml trains every family: each style is seen
     assert checks[1:5] == [
         "  - tone ΔE00 below copy-reference's: 9.00 vs 12.00 → **met**",
         "  - tone ΔE00 ≤ 1.25 × in style: 9.00 vs 1.25 × 8.00 = 10.00 → **met**",
@@ -128,14 +128,14 @@ def test_the_method_checklist_reads_met_and_missed(styled):
         "  - interior ΔE00 ≤ 1.2 × in style: 4.40 vs 1.2 × 4.00 = 4.80 → **met**",
     ]
     assert checks[5:10] == [
-        "- **filled** (unseen for A3):",
+        "- **filled** (seen for A3):",
         "  - tone ΔE00 below copy-reference's: 11.00 vs 10.00 → **missed**",
         "  - tone ΔE00 ≤ 1.25 × in style: 11.00 vs 1.25 × 8.00 = 10.00 → **missed**",
         "  - skin-lightness slope ≥ 0.6: 0.500 → **missed**",
         "  - interior ΔE00 ≤ 1.2 × in style: 5.20 vs 1.2 × 4.00 = 4.80 → **missed**",
     ]
     assert checks[10:] == [
-        "- **extracted** (unseen for A3):",
+        "- **extracted** (seen for A3):",
         "  - tone ΔE00 below copy-reference's: 9.60 vs — → **not run**",  # copy-reference has no extracted files
         "  - tone ΔE00 ≤ 1.25 × in style: 9.60 vs 1.25 × 8.00 = 10.00 → **met**",
         "  - skin-lightness slope ≥ 0.6: 0.800 → **met**",

@@ -25,7 +25,7 @@ from linebridge.tuning.storage import FINISHED, open_storage, study_summary
 
 TUNE = ["tune", "--profile", "tiny"]
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny nets gain nothing from 2 threads; a loaded box loses a lot
-STUDY = "A3-tiny"
+STUDY = "A5-tiny"  # the study.method of params.yaml, tiny profile
 
 
 def load(out: Path, storage: str | None = None) -> optuna.Study:
@@ -345,7 +345,7 @@ def test_optuna_dashboard_serves_the_study(parallel_study):
             except OSError:
                 time.sleep(0.5)
         studies = json.loads(body)["study_summaries"]
-        assert [s["study_name"] for s in studies] == ["A3-tiny"]
+        assert [s["study_name"] for s in studies] == [STUDY]
     finally:
         proc.terminate()
         proc.wait(timeout=30)

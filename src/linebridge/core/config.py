@@ -159,6 +159,11 @@ def run_name(arm: str, seed: int) -> str:
     return f"{arm}-s{seed}"
 
 
+def declared_method(root: Path | None = None) -> str:
+    """The arm params.yaml `study.method` names: the method the study proposes (and `linebridge tune` tunes)."""
+    return read_yaml((Path(root) if root else repo_root()) / "params.yaml")["study"]["method"]
+
+
 def study_runs(study: Config) -> list[str]:
     """Every BBDM run the study trains, as ARM-sSEED, in the order of params.yaml `study.runs`."""
     return list(study["runs"])

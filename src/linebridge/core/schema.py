@@ -153,6 +153,7 @@ class Tune(Section):
     space: dict[str, dict[str, Annotated[list[float], Field(min_length=2, max_length=2)]]]
     trials: PosInt
     workers: PosInt
+    confirm_workers: PosInt
     seed: NonNegInt
     n_startup_trials: NonNegInt
     epochs: PosInt

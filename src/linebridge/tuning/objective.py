@@ -1,4 +1,5 @@
-"""One Optuna trial: train A3 with the sampled values, scored by a judge that is the same for every trial.
+"""One Optuna trial: train the method (params.yaml `study.method`) with the sampled values, scored by a judge
+that is the same for every trial.
 
 `train`'s own validation loss weights lines by the trial's own `loss.lambda_edge` and warps
 references with its own `augment.tps_scale`, so it cannot compare trials. `ValidationJudge`
@@ -24,8 +25,6 @@ from optuna.trial import TrialState
 
 from linebridge.core.config import Config, flatten, merge, repo_root
 from linebridge.tuning.storage import is_rdb
-
-EXPERIMENT = "A3"  # the full method
 
 
 @dataclass(frozen=True)
@@ -144,7 +143,7 @@ class TrialLog:
             tags={
                 "git_commit": s.git_commit,
                 "stage": "tune",
-                "experiment_id": EXPERIMENT,
+                "experiment_id": cfg["experiment"],
                 "profile": cfg["profile"],
                 "study_name": s.study_name,
                 "trial_number": str(trial.number),
@@ -197,7 +196,7 @@ def run_trial(trial: optuna.Trial, setup: Setup, judge: ValidationJudge) -> floa
 
     try:
         log.start(trial, cfg)
-        train(cfg, Paths.for_experiment(EXPERIMENT, out), log_mlflow=False, progress=False, on_epoch=on_epoch)
+        train(cfg, Paths.for_experiment(cfg["experiment"], out), log_mlflow=False, progress=False, on_epoch=on_epoch)
         log.metrics({"final_objective": last}, cfg["train"]["epochs"])
         state = TrialState.COMPLETE
         return last

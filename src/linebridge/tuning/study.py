@@ -1,17 +1,17 @@
-"""`linebridge tune`: the Optuna study of λ_edge and tps_scale for the full method (A3).
+"""`linebridge tune`: the Optuna study of λ_edge and tps_scale for the method (params.yaml `study.method`).
 
     linebridge tune [--profile P] [--set k=v] [--trials N] [--workers N] [--storage URL]
                     [--study-name NAME] [--out DIR] [--no-mlflow]
 
-Multi-fidelity: each trial trains A3 for the short budget of the `tune:` params section
+Multi-fidelity: each trial trains the method for the short budget of the `tune:` params section
 (`tune.epochs` on `tune.max_train_images`, every trial the same length: the convergence stop is
 off within trials) with values from `tune.space` (seeded
 TPE), and reports one value per epoch to a MedianPruner (objective.py says what it scores:
 validation metrics at the study's sampler, never a loss). The pruner waits for
 `tune.pruner_startup_trials` finished trials and epoch `tune.pruner_first_epoch`. When all
 trials are done, the default and the best values are re-trained at the full recipe with
-the seeds `tune.confirm_seeds` (`confirm`), and best_params.yaml carries the values only
-if they beat the defaults by more than seed noise.
+the seeds `tune.confirm_seeds` (`confirm`, `tune.confirm_workers` of them at once), and best_params.yaml
+carries the values only if they beat the defaults by more than seed noise.
 
 `--trials` is the study's total of COMPLETE + PRUNED trials: a killed and restarted run
 does only the remainder (failed trials do not count; a worker gives up after
@@ -46,13 +46,13 @@ from linebridge.core.config import (
     Config,
     UserError,
     add_config_arguments,
+    declared_method,
     load_config,
     merge,
 )
 from linebridge.core.io import save_with, write_atomic, write_json
 from linebridge.core.tracking import git_commit
 from linebridge.tuning.objective import (
-    EXPERIMENT,
     Setup,
     TunePaths,
     ValidationJudge,
@@ -114,28 +114,39 @@ def write_outputs(study: optuna.Study, summary: dict[str, Any], paths: TunePaths
     write_figures(study, summary, paths)
 
 
-def confirm(cfg: Config, best: dict[str, float], tune: Config, paths: TunePaths, judge: ValidationJudge) -> dict:
+def confirm(
+    cfg: Config, best: dict[str, float], tune: Config, paths: TunePaths, judge: ValidationJudge, workers: int = 1
+) -> dict:
     """Re-train the default and the best values at the full recipe with tune.confirm_seeds; adopt beyond seed noise.
 
     Trials are short and single-seed, so the best trial is partly luck. Adopted only when the
     tuned values are better on every confirmation seed and their mean gain in the objective
-    exceeds the larger seed-to-seed standard deviation of the two configurations.
+    exceeds the larger seed-to-seed standard deviation of the two configurations. The runs
+    train `workers` at once (each resumes where a killed one stopped).
     """
     import numpy as np
 
-    from linebridge.bbdm.train import train
-    from linebridge.core.runs import Paths
-
-    scores: dict[str, list[dict[str, float]]] = {"default": [], "tuned": []}
+    runs = []
     for label, values in (("default", {}), ("tuned", best)):
         for seed in tune["confirm_seeds"]:
             run_cfg = merge(cfg, nested(values), f"tune confirmation ({label})")
-            run_cfg.update(seed=seed, experiment=f"{EXPERIMENT}-s{seed}")
+            run_cfg.update(seed=seed, experiment=f"{cfg['experiment']}-s{seed}")
             run_cfg["train"]["keep_epochs"] = False
-            out = paths.confirm / f"{label}-s{seed}"
-            print(f"confirmation: {label} values, seed {seed} → {out}", flush=True)
-            train(run_cfg, Paths.for_experiment(EXPERIMENT, out), resume=True, log_mlflow=False)
-            scores[label].append(judge(out / "best.pt"))
+            runs.append((label, run_cfg, paths.confirm / f"{label}-s{seed}"))
+            print(f"confirmation: {label} values, seed {seed} → {runs[-1][2]}", flush=True)
+    jobs = [(run_cfg, cfg["experiment"], out, worker_threads(workers)) for _, run_cfg, out in runs]
+    if workers == 1:
+        for job in jobs:
+            train_confirmation(*job)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(train_confirmation, *zip(*jobs)))
+    scores: dict[str, list[dict[str, float]]] = {"default": [], "tuned": []}
+    for label, _, out in runs:
+        scores[label].append(judge(out / "best.pt"))
     default = np.array([s["objective"] for s in scores["default"]])
     tuned = np.array([s["objective"] for s in scores["tuned"]])
     gain = float(np.mean(default - tuned))
@@ -152,6 +163,23 @@ def confirm(cfg: Config, best: dict[str, float], tune: Config, paths: TunePaths,
         "verdict": f"objective {np.mean(tuned):.3f} (tuned) vs {np.mean(default):.3f} (default) over seeds "
         f"{list(tune['confirm_seeds'])}: gain {gain:+.3f}, seed SD {noise:.3f}",
     }
+
+
+def train_confirmation(run_cfg: Config, arm: str, out, threads: int) -> None:
+    """One confirmation run at the full recipe (in a worker process when several run at once)."""
+    import torch
+
+    from linebridge.bbdm.train import train
+    from linebridge.core.runs import Paths
+
+    torch.set_num_threads(threads)
+    train(run_cfg, Paths.for_experiment(arm, out), resume=True, log_mlflow=False, progress=False)
+
+
+def worker_threads(workers: int) -> int:
+    """Threads for each of `workers` processes: $OMP_NUM_THREADS when set, else their share of the cores (on a
+    2-core machine that something else also loads, two intra-op threads per process train ~20x slower than one)."""
+    return int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, (os.cpu_count() or 1) // workers)
 
 
 def write_figures(study: optuna.Study, summary: dict[str, Any], paths: TunePaths) -> None:
@@ -182,7 +210,7 @@ def prepare_study(storage: BaseStorage, setup: Setup) -> optuna.Study:
     found = study.user_attrs.get("config_sha256")
     if found is None:
         study.set_user_attr("config_sha256", expected)
-        study.set_user_attr("experiment", EXPERIMENT)
+        study.set_user_attr("experiment", setup.cfg["experiment"])
         study.set_user_attr("profile", setup.cfg["profile"])
     elif found != expected:
         raise UserError(
@@ -201,7 +229,7 @@ def start_parent_run(study: optuna.Study, setup: Setup, dead: list[FrozenTrial])
 
     tags = {
         "stage": "tune",
-        "experiment_id": EXPERIMENT,
+        "experiment_id": setup.cfg["experiment"],
         "profile": setup.cfg["profile"],
         "study_name": setup.study_name,
     }
@@ -238,12 +266,9 @@ def log_parent_run(summary: dict[str, Any], paths: TunePaths, wall_time_s: float
 
 
 def run_workers(setup: Setup, remaining: int, workers: int, first_seed: int) -> list[int]:
-    """Share `remaining` trials among `workers` processes (in this one when 1); their exit codes.
-
-    Each gets its share of the cores, or $OMP_NUM_THREADS when set: on a 2-core machine that
-    something else also loads, two intra-op threads per process train ~20x slower than one.
-    """
-    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, (os.cpu_count() or 1) // workers)
+    """Share `remaining` trials among `workers` processes (in this one when 1), each with `worker_threads`;
+    their exit codes."""
+    threads = worker_threads(workers)
     quotas = [remaining // workers + (i < remaining % workers) for i in range(workers)]
     if workers == 1:
         run_worker(setup, quotas[0], first_seed, threads)
@@ -269,14 +294,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--workers", type=int, default=None, help="parallel worker processes; None: tune.workers")
     parser.add_argument("--storage", default=None, help="journal file path or RDB URL; None: tune.storage")
-    parser.add_argument("--study-name", default=None, help="None: A3-PROFILE, e.g. A3-default")
+    parser.add_argument("--study-name", default=None, help="None: METHOD-PROFILE, e.g. A5-default")
     parser.add_argument("--out", default=None, help="put storage, trials and outputs in this folder")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
 
 
 def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    cfg = load_config(EXPERIMENT, args.profile, args.overrides)  # the judge samples with params.yaml `eval`
+    cfg = load_config(declared_method(), args.profile, args.overrides)  # the judge samples with params.yaml `eval`
     full = copy.deepcopy(cfg)  # the full recipe, for the confirmation runs
     full.pop("tune")
     tune = cfg.pop("tune")
@@ -295,7 +320,7 @@ def main(args: argparse.Namespace) -> int:
     }
     cfg = merge(cfg, budget, "params.yaml tune")
     paths = TunePaths.resolve(tune, args.out, args.storage)
-    setup = Setup(cfg, tune, paths, args.study_name or f"{EXPERIMENT}-{cfg['profile']}", None, None, "unknown")
+    setup = Setup(cfg, tune, paths, args.study_name or f"{cfg['experiment']}-{cfg['profile']}", None, None, "unknown")
     storage = open_storage(paths.storage, tune["heartbeat_interval"])
     study = prepare_study(storage, setup)
     dead = fail_dead_workers_trials(study)
@@ -322,7 +347,8 @@ def main(args: argparse.Namespace) -> int:
         summary["commit"] = git_commit()
         summary["trial_budget"] = {k: tune[k] for k in ("epochs", "max_train_images")}
         if summary["best_trial"] is not None and n_finished(study) >= tune["trials"]:
-            summary["confirm"] = confirm(full, summary["best_params"], tune, paths, ValidationJudge(cfg))
+            judge = ValidationJudge(cfg)
+            summary["confirm"] = confirm(full, summary["best_params"], tune, paths, judge, tune["confirm_workers"])
         if summary["best_trial"] is not None:
             write_outputs(study, summary, paths)
         if setup.mlflow_run_id:
