@@ -108,6 +108,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def open_tracking_store() -> None:
+    """Create the MLflow store (its tables) now: stages that start at once would race to create the same SQLite
+    schema."""
+    import mlflow
+
+    from linebridge.core.tracking import tracking_uri
+
+    mlflow.MlflowClient(tracking_uri()).search_experiments(max_results=1)
+
+
 def main(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
@@ -118,6 +128,8 @@ def main(args: argparse.Namespace) -> int:
         return 0
     logs = repo_root() / LOG_DIR
     logs.mkdir(parents=True, exist_ok=True)
+    if args.jobs > 1:
+        open_tracking_store()
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
     todo, done, failed = list(waits), set(), []
     running: dict[str, tuple[subprocess.Popen, float, Path]] = {}
