@@ -95,14 +95,16 @@ def efficiency_section(root: Path) -> list[str]:
         rows.append(
             [run, recipe, str(r["epoch"]), held, f"{r['loop_s']:.0f}", show(q.get("psnr"), "psnr")]
             + [show(q.get("tint_rate"), "tint_rate"), show(q.get("delta_e_tone"), "delta_e_tone"), r.get("date", "")]
+            + [r.get("commit", "")]
         )
     header = ["run", "recipe", "stopped at epoch", "rule first held", "loop s", "val PSNR↑", "val tint↓"]
-    header += ["val ΔE00 tone↓", "sitting"]
+    header += ["val ΔE00 tone↓", "sitting", "commit"]
     ratios = ", ".join(f"{run} {ratio:.2f}" for run, ratio in sorted(record.get("ratio", {}).items()))
     return [
         *table(header, rows),
         "",
         "Validation split, EMA weights at the study's sampler, the epoch where each run stops (before: the 24th; "
-        "the study's recipe: where the convergence rule stopped it, or its cap). Loop seconds exclude validation, "
-        f"checkpoints and sample grids; compare them within one sitting only. Study recipe / before: {ratios or '—'}.",
+        "after: params.yaml as it was at the row's commit, where the convergence rule stopped it, or its cap). Loop "
+        "seconds exclude validation, checkpoints and sample grids; compare them within one sitting only. After / "
+        f"before: {ratios or '—'}.",
     ]
