@@ -130,7 +130,8 @@ def main(args: argparse.Namespace) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     if args.jobs > 1:
         open_tracking_store()
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // args.jobs))  # yours if set
+    env = {**os.environ, "OMP_NUM_THREADS": threads}
     todo, done, failed = list(waits), set(), []
     running: dict[str, tuple[subprocess.Popen, float, Path]] = {}
     took: dict[str, list[float]] = {}
