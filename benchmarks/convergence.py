@@ -121,11 +121,14 @@ def main() -> int:
     record.update(
         {
             "command": "python benchmarks/convergence.py (see each run's `command` and `commit`)",
-            "threads": int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)),
             "before_overrides": BEFORE,
         }
     )
+    threads = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
+    record.setdefault("threads", threads)  # the first sitting's; a run in another records its own
     sitting = {"host": platform.node(), "date": datetime.date.today().isoformat(), "commit": commit}
+    if threads != record["threads"]:
+        sitting["threads"] = threads
     sitting["command"] = " ".join(["python benchmarks/convergence.py", *sys.argv[1:]])
     for name in args.gans or []:
         for times in (1, 2):
