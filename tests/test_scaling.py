@@ -116,7 +116,7 @@ def test_optuna_workers_on_postgresql(in_study, postgres, tmp_path):
         ]
     )
     assert code == 0
-    study = optuna.load_study(study_name="A3-tiny", storage=postgres)
+    study = optuna.load_study(study_name="A5-tiny", storage=postgres)  # the method (study.method), tiny profile
     finished = [
         t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     ]
