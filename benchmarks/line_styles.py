@@ -24,7 +24,7 @@ import sys
 from typing import Any
 
 from linebridge.core import checkpoint as ckpt_io
-from linebridge.core.config import load_config, repo_root
+from linebridge.core.config import UserError, declared_method, load_config, repo_root
 from linebridge.core.io import write_json
 from linebridge.core.tracking import git_commit
 from linebridge.data.styles import PROTOCOL_FAMILY, STYLE_PROTOCOLS
@@ -62,17 +62,22 @@ def main() -> int:
     parser.add_argument("--again", action="store_true", help="re-score models already in the JSON")
     args = parser.parse_args()
     root = repo_root()
-    cfg = load_config("A5")
+    cfg = load_config(declared_method())
     out = root / args.out
     record = (
         json.loads(out.read_text())
         if out.exists()
         else {"split": "val", "val_items": args.val_items, "sampler": cfg["eval"], "models": {}}
     )
+    if (record["val_items"], record["sampler"]) != (args.val_items, cfg["eval"]):
+        raise UserError(
+            f"{out} was scored on {record['val_items']} items with sampler {record['sampler']}; this call would "
+            f"use {args.val_items} and {cfg['eval']}: pass --val-items {record['val_items']} or another --out"
+        )
     prepared = root / cfg["data"]["prepared_dir"]
     names = [f"{p}{s}" for s in ("", *(f"-{x}" for x in STYLE_PROTOCOLS)) for p in ("self", "cross_gt")]
     data = {n: load_protocol(prepared, n, cfg["eval"]["max_per_group"], args.val_items, split="val") for n in names}
-    if "copy-reference" not in record["models"]:
+    if "copy-reference" not in record["models"] or args.again:
         record["models"]["copy-reference"] = {"scores": score("copy-reference", None, data, cfg["seed"])}
     for spec in args.runs:
         name, _, folder = spec.partition("=")
@@ -89,7 +94,7 @@ def main() -> int:
             "seen": seen,
             "scores": score(name, study_colorizer(path, cfg["eval"]), data, cfg["seed"]),
         }
-        record["commit"] = git_commit(short=True)
+        record["models"][name]["scored_at"] = git_commit(short=True)
         write_json(out, record)
         print(name, record["models"][name]["scores"], flush=True)
     write_json(out, record)

@@ -1,10 +1,19 @@
-"""`linebridge repro`'s progress line: stage families, the ETA from this sitting's times, the clock format.
+"""`linebridge repro`: stage families, the ETA, the clock format; two stages at once on a real DVC repo of trivial
+stages, and a killed run that goes on next time.
 
-The command itself runs the whole tiny study in tests/test_pipeline.py (slow)."""
+The command also runs the whole tiny study in tests/test_pipeline.py (slow)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
+import yaml
 
 from linebridge.repro import AT_ONCE_GAIN, DEFAULT_GUESS, FIRST_GUESS, clock, dag, eta, family, topological
 
@@ -47,3 +56,55 @@ def test_eta_at_two_jobs_shares_the_machine():
     stages = ["train@A0-s1", "train@A0-s2"]
     assert eta(stages, {}, jobs=2) == pytest.approx(2 * FIRST_GUESS["train"] / AT_ONCE_GAIN)
     assert eta(stages, {"train": [500.0]}, jobs=2) == pytest.approx(500.0)
+
+
+def dvc_repo(root: Path) -> Path:
+    """A git + DVC repo with stages a and b (independent, 3 s each) and c after both; params.yaml marks the root."""
+    dvc = str(Path(sys.executable).parent / "dvc")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run([dvc, "init", "-q"], cwd=root, check=True)
+    (root / "params.yaml").write_text("x: 1\n")
+    stage = "    cmd: sleep 3 && echo {0} > {0}.txt\n    outs: [{0}.txt]\n"
+    (root / "dvc.yaml").write_text(
+        "stages:\n  a:\n"
+        + stage.format("a")
+        + "  b:\n"
+        + stage.format("b")
+        + "  c:\n    cmd: cat a.txt b.txt > c.txt\n    deps: [a.txt, b.txt]\n    outs: [c.txt]\n"
+    )
+    return root
+
+
+@pytest.mark.slow
+def test_two_stages_at_once_each_after_what_it_waits_for(tmp_path, monkeypatch):
+    """Real DVC: a and b run side by side (the whole study takes less than their sum), c after both, every stage
+    in dvc.lock; a second run has nothing to do."""
+    root = dvc_repo(tmp_path)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    t0 = time.perf_counter()
+    said = subprocess.run(["linebridge", "repro", "--jobs", "2"], cwd=root, env=env, capture_output=True, text=True)
+    assert said.returncode == 0, said.stdout + said.stderr
+    assert time.perf_counter() - t0 < 6 + 10  # a and b at once: 3 s, not 6, plus DVC's own seconds
+    assert (root / "c.txt").read_text() == "a\nb\n"
+    assert said.stdout.index("] c —") > max(said.stdout.index("a done"), said.stdout.index("b done"))
+    assert set(yaml.safe_load((root / "dvc.lock").read_text())["stages"]) == {"a", "b", "c"}
+    again = subprocess.run(["linebridge", "repro"], cwd=root, env=env, capture_output=True, text=True)
+    assert "up to date: nothing to run" in again.stdout
+
+
+@pytest.mark.slow
+def test_killed_it_stops_its_stages_and_goes_on_next_time(tmp_path):
+    root = dvc_repo(tmp_path)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.Popen(["linebridge", "repro"], cwd=root, env=env, stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (root / "outputs" / "repro" / "b.log").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted: a, b stopped" in out, out
+    lock = yaml.safe_load((root / "dvc.lock").read_text()) if (root / "dvc.lock").exists() else {}
+    assert not lock.get("stages") and not (root / "c.txt").exists(), lock
+    said = subprocess.run(["linebridge", "repro"], cwd=root, env=env, capture_output=True, text=True)
+    assert said.returncode == 0 and (root / "c.txt").read_text() == "a\nb\n", said.stdout

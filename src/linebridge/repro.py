@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -118,6 +119,79 @@ def open_tracking_store() -> None:
     mlflow.MlflowClient(tracking_uri()).search_experiments(max_results=1)
 
 
+class Scheduler:
+    """Runs the pending stages, `jobs` at once, each after the stages it waits for; prints progress."""
+
+    def __init__(self, dvc: str, waits: dict[str, set[str]], jobs: int, env: dict[str, str]) -> None:
+        self.dvc, self.waits, self.jobs, self.env = dvc, waits, jobs, env
+        self.todo, self.done, self.failed = list(waits), set(), []
+        self.running: dict[str, tuple[subprocess.Popen, float, Path]] = {}
+        self.took: dict[str, list[float]] = {}
+        self.logs = repo_root() / LOG_DIR
+        self.start_time = time.perf_counter()
+
+    def run(self) -> int:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        while self.todo or self.running:
+            # a run's evaluation before the next training: each run's chain is complete as soon as it can be
+            ready = [s for s in self.todo if self.waits[s] <= self.done and not self.failed]
+            ready.sort(key=lambda s: family(s).startswith("train"))
+            for stage in ready[: self.jobs - len(self.running)]:
+                self.launch(stage)
+            if not self.running:
+                break  # what is left waits on a failed stage
+            time.sleep(0.5)
+            self.reap()
+        if self.failed:
+            print(f"{len(self.done)} stages recorded, {', '.join(self.failed)} failed: fix it and run again to go on")
+            return 1
+        took = clock(time.perf_counter() - self.start_time)
+        print(f"the study is up to date after {took} ({len(self.waits)} stages)")
+        return 0
+
+    def launch(self, stage: str) -> None:
+        self.todo.remove(stage)
+        left = clock(eta(self.todo + [stage] + list(self.running), self.took, self.jobs))
+        elapsed = clock(time.perf_counter() - self.start_time)
+        count = f"[{len(self.done) + len(self.running) + 1}/{len(self.waits)}]"
+        print(f"{count} {stage} — {elapsed} so far, about {left} to go", flush=True)
+        log = self.logs / f"{stage}.log"
+        cmd = [self.dvc, "--wait-for-lock", "repro", "--single-item", stage]  # DVC locks briefly around each stage
+        with log.open("w") as fh:
+            proc = subprocess.Popen(  # a process group of its own: `stop` interrupts the stage's command too
+                cmd, cwd=repo_root(), env=self.env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.running[stage] = (proc, time.perf_counter(), log)
+
+    def reap(self) -> None:
+        for stage, (proc, t0, log) in list(self.running.items()):
+            if proc.poll() is None:
+                continue
+            del self.running[stage]
+            if proc.returncode == 0:
+                self.done.add(stage)
+                self.took.setdefault(family(stage), []).append(time.perf_counter() - t0)
+                print(f"    {stage} done in {clock(time.perf_counter() - t0)}", flush=True)
+            else:
+                self.failed.append(stage)
+                tail = log.read_text(errors="replace").strip().splitlines()[-15:]
+                print(f"{stage} failed (exit {proc.returncode}); last lines of {log}:", *tail, sep="\n  ", flush=True)
+
+    def stop(self) -> int:
+        """Ctrl-C or `kill`: interrupt the stages in progress (each resumes next time) and wait for them."""
+        for proc, _, _ in self.running.values():
+            os.killpg(proc.pid, signal.SIGINT)  # DVC and the stage's command, as Ctrl-C in a terminal would
+        for proc, _, _ in self.running.values():
+            proc.wait()
+        stopped = ", ".join(self.running) or "no stage"
+        print(f"interrupted: {stopped} stopped, {len(self.done)} stages recorded; run again to go on", flush=True)
+        return 130
+
+
+def interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
@@ -126,50 +200,13 @@ def main(args: argparse.Namespace) -> int:
     if not waits:
         print("the study is up to date: nothing to run")
         return 0
-    logs = repo_root() / LOG_DIR
-    logs.mkdir(parents=True, exist_ok=True)
     if args.jobs > 1:
         open_tracking_store()
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // args.jobs))  # yours if set
-    env = {**os.environ, "OMP_NUM_THREADS": threads}
-    todo, done, failed = list(waits), set(), []
-    running: dict[str, tuple[subprocess.Popen, float, Path]] = {}
-    took: dict[str, list[float]] = {}
-    start, total = time.perf_counter(), len(waits)
-    print(f"{total} stages to run, {args.jobs} at once ({env['OMP_NUM_THREADS']} threads each); logs in {LOG_DIR}/")
-    while todo or running:
-        # a run's evaluation before the next training: each run's chain is complete as soon as it can be
-        ready = [s for s in todo if waits[s] <= done and not failed]
-        ready.sort(key=lambda s: family(s).startswith("train"))
-        while ready and len(running) < args.jobs:
-            stage = ready.pop(0)
-            todo.remove(stage)
-            left = clock(eta(todo + [stage] + list(running), took, args.jobs))
-            elapsed = clock(time.perf_counter() - start)
-            count = f"[{len(done) + len(running) + 1}/{total}]"
-            print(f"{count} {stage} — {elapsed} so far, about {left} to go", flush=True)
-            log = logs / f"{stage}.log"
-            with log.open("w") as fh:
-                cmd = [dvc, "repro", "--single-item", stage]
-                proc = subprocess.Popen(cmd, cwd=repo_root(), env=env, stdout=fh, stderr=subprocess.STDOUT)
-            running[stage] = (proc, time.perf_counter(), log)
-        if not running:
-            break  # what is left waits on a failed stage
-        time.sleep(0.5)
-        for stage, (proc, t0, log) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            del running[stage]
-            if proc.returncode == 0:
-                done.add(stage)
-                took.setdefault(family(stage), []).append(time.perf_counter() - t0)
-                print(f"    {stage} done in {clock(time.perf_counter() - t0)}", flush=True)
-            else:
-                failed.append(stage)
-                tail = log.read_text(errors="replace").strip().splitlines()[-15:]
-                print(f"{stage} failed (exit {proc.returncode}); last lines of {log}:", *tail, sep="\n  ", flush=True)
-    if failed:
-        print(f"{len(done)} stages recorded, {', '.join(failed)} failed: fix it and run again to go on")
-        return 1
-    print(f"the study is up to date after {clock(time.perf_counter() - start)} ({total} stages)")
-    return 0
+    scheduler = Scheduler(dvc, waits, args.jobs, {**os.environ, "OMP_NUM_THREADS": threads})
+    print(f"{len(waits)} stages to run, {args.jobs} at once ({threads} threads each); logs in {LOG_DIR}/")
+    signal.signal(signal.SIGTERM, interrupt)  # `kill` stops the stages in progress like Ctrl-C
+    try:
+        return scheduler.run()
+    except KeyboardInterrupt:
+        return scheduler.stop()
