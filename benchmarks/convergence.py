@@ -152,7 +152,8 @@ def main() -> int:
                 entry = record["runs"].get(key)
                 if args.resummarise:
                     if entry is not None and (folder / "metrics.json").exists():
-                        kept = {k: entry[k] for k in ("host", "date", "commit", "command", "threads", "extended") if k in entry}
+                        keys = ("host", "date", "commit", "command", "threads", "extended")
+                        kept = {k: entry[k] for k in keys if k in entry}
                         entry = record["runs"][key] = {**kept, **summarise(folder, cfg, data)}
                         write_json(out_json, ratios(record))
                     continue
