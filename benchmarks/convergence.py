@@ -21,9 +21,9 @@ train.min_epochs) or its cap; for `before` its 24th epoch, with the epoch where 
     python benchmarks/convergence.py --gans pix2pix scft  # instead: each GAN baseline on its schedule and on twice it
 
 The GAN baselines decay their learning rate linearly to 0 over their schedule (baselines.NAME.epochs, the reference
-code's policy), so a run is at its plateau when twice the schedule no longer improves its validation quality: `--gans`
-trains each on its schedule (`gan-x1/NAME`) and on twice it (`gan-x2/NAME`) and records both, and the change, under
-`plateau`.
+code's policy), so a run is at its plateau when a longer schedule no longer improves its validation quality: `--gans`
+trains each on its schedule times each of `--gan-times` (default 1 2; `gan-EPOCHSep/NAME`) and records, under
+`plateau`, what each longer schedule changed against the one before it.
 
 Resumable: every run trains into outputs/bench/convergence/RECIPE/ARM-sSEED with --resume, and the JSON is
 rewritten after each result, so a killed benchmark goes on where it stopped. Timings compare only within one
@@ -112,7 +112,8 @@ def main() -> int:
     parser.add_argument("--val-items", type=int, default=160, help="validation items per protocol (self, cross_gt)")
     parser.add_argument("--out", default="metrics/convergence.json")
     parser.add_argument("--resummarise", action="store_true", help="re-read the finished runs; train nothing")
-    parser.add_argument("--gans", nargs="+", choices=GANS, help="instead: these GAN baselines at 1 × and 2 × schedule")
+    parser.add_argument("--gans", nargs="+", choices=GANS, help="instead: these GAN baselines on longer schedules")
+    parser.add_argument("--gan-times", nargs="+", type=int, default=[1, 2], help="--gans: schedule multiples")
     args = parser.parse_args()
     root = repo_root()
     out_json = root / args.out
@@ -131,9 +132,10 @@ def main() -> int:
         sitting["threads"] = threads
     sitting["command"] = " ".join(["python benchmarks/convergence.py", *sys.argv[1:]])
     for name in args.gans or []:
-        for times in (1, 2):
-            key, folder = f"gan-x{times}/{name}", root / "outputs" / "bench" / "convergence" / f"gan-x{times}" / name
+        for times in args.gan_times:
             epochs = load_config(name)["baselines"][name]["epochs"] * times
+            key = f"gan-{epochs}ep/{name}"
+            folder = root / "outputs" / "bench" / "convergence" / key
             sets = [f"baselines.{name}.epochs={epochs}", *KEEP, f"eval.sweep_images={args.val_items}"]
             if key not in record["runs"] or not (folder / "metrics.json").exists():
                 train(name, folder, sets)
@@ -175,15 +177,17 @@ def main() -> int:
 
 
 def plateaus(record: dict[str, Any]) -> dict[str, Any]:
-    """Per GAN baseline run on both schedules: its validation quality on twice the schedule minus on the schedule."""
-    runs = record["runs"]
+    """Per GAN baseline, each longer schedule's validation quality minus the next shorter one's ("12→24": ...)."""
+    by_gan: dict[str, dict[int, dict[str, float]]] = {}
+    for key, run in record["runs"].items():
+        if key.startswith("gan-"):
+            by_gan.setdefault(key.split("/", 1)[1], {})[run["epoch"]] = run["quality"]
     record["plateau"] = {
-        key.split("/", 1)[1]: {
-            metric: round(runs[key.replace("x1", "x2", 1)]["quality"][metric] - value, 4)
-            for metric, value in runs[key]["quality"].items()
+        name: {
+            f"{a}→{b}": {m: round(runs[b][m] - runs[a][m], 4) for m in runs[a]}
+            for a, b in zip(sorted(runs), sorted(runs)[1:])
         }
-        for key in runs
-        if key.startswith("gan-x1/") and key.replace("x1", "x2", 1) in runs
+        for name, runs in by_gan.items()
     }
     return record
 
