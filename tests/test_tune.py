@@ -184,6 +184,17 @@ def test_other_config_refuses_to_continue_the_study(parallel_study, in_study, ca
     assert len(load(parallel_study).trials) == 4
 
 
+def test_the_baselines_settings_are_not_part_of_a_studys_configuration():
+    """A trial trains the method, never a GAN baseline: a longer baseline schedule keeps the study going."""
+    from linebridge.tuning.objective import fingerprint
+
+    cfg = load_config("A5", "tiny")
+    space = cfg["tune"]["space"]
+    longer = load_config("A5", "tiny", ["baselines.pix2pix.epochs=99"])
+    assert fingerprint(cfg, space) == fingerprint(longer, space)
+    assert fingerprint(cfg, space) != fingerprint(load_config("A5", "tiny", ["train.lr=1e-3"]), space)
+
+
 @pytest.mark.slow  # a study, killed and run again
 def test_kill9_then_resume_keeps_earlier_trials(in_study, tmp_path):
     out = tmp_path / "killed"

@@ -92,8 +92,13 @@ def nested(flat: dict[str, Any]) -> Config:
     return out
 
 
+NOT_IN_TRIALS = ("baselines",)  # sections a trial of the method never reads: changing them keeps the study
+
+
 def fingerprint(cfg: Config, space: dict[str, list[float]]) -> str:
-    return hashlib.sha256(json.dumps({"config": cfg, "space": space}, sort_keys=True).encode()).hexdigest()
+    """What a study's trials were run under: the method's configuration (less NOT_IN_TRIALS) and the search space."""
+    used = {k: v for k, v in cfg.items() if k not in NOT_IN_TRIALS}
+    return hashlib.sha256(json.dumps({"config": used, "space": space}, sort_keys=True).encode()).hexdigest()
 
 
 class ValidationJudge:
