@@ -101,6 +101,9 @@ def test_colorize_at_700_steps(in_study, checkpoint, tmp_path):
 def test_resume_ignores_settings_that_change_no_number(in_study, tmp_path, capsys):
     cfg = load_config("A3", "tiny")
     assert config_changes(cfg, load_config("A3", "tiny", ["perf.channels_last=false", "eval.sample_step=50"])) == []
+    assert config_changes(cfg, load_config("A3", "tiny", ["baselines.scft.epochs=7"])) == []  # BBDM never reads it
+    gan = load_config("scft", "tiny")
+    assert config_changes(gan, load_config("scft", "tiny", ["baselines.scft.epochs=7"])) != []
     changed = f"train.lr: {cfg['train']['lr']!r} → 0.0003"
     assert config_changes(cfg, load_config("A3", "tiny", ["train.lr=3e-4"])) == [changed]
     out = tmp_path / "run"

@@ -75,10 +75,11 @@ class Paths:
 
 
 def config_changes(saved: Config, cfg: Config) -> list[str]:
-    """`key: old → new` for every setting that differs and changes what training computes."""
+    """`key: old → new` for every setting that differs and changes what training computes (a BBDM run never reads
+    the GAN baselines' section)."""
     old, new = flatten(saved), flatten(cfg)
     changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    free = RESUMABLE_KEYS + STOP_KEYS
+    free = RESUMABLE_KEYS + STOP_KEYS + (("baselines.",) if cfg["model"]["family"] == "bbdm" else ())
     return [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed if not k.startswith(free)]
 
 
