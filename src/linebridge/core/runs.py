@@ -37,6 +37,7 @@ RESUMABLE_KEYS = ("description", "perf.", "eval.", "tune.", "train.checkpoint_ev
 # taken, so a run resumes under a longer cap (`--set train.epochs=N`) or another stop rule; `resume` starts afresh
 # only when the new settings would have stopped the run before its checkpoint.
 STOP_KEYS = ("train.epochs", "train.stop_at_convergence", "train.convergence_gain", "train.min_epochs")
+UNREAD_BY_BBDM = ("baselines",)  # sections a BBDM run never reads (the GAN baselines' settings)
 CONVERGED_CHECKS = 2  # the rule must hold at this many epoch ends in a row: one noisy epoch does not stop a run
 HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "lr"]
 
@@ -79,7 +80,8 @@ def config_changes(saved: Config, cfg: Config) -> list[str]:
     the GAN baselines' section)."""
     old, new = flatten(saved), flatten(cfg)
     changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    free = RESUMABLE_KEYS + STOP_KEYS + (("baselines.",) if cfg["model"]["family"] == "bbdm" else ())
+    unread = tuple(f"{section}." for section in UNREAD_BY_BBDM) if cfg["model"]["family"] == "bbdm" else ()
+    free = RESUMABLE_KEYS + STOP_KEYS + unread
     return [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed if not k.startswith(free)]
 
 

@@ -92,12 +92,12 @@ def nested(flat: dict[str, Any]) -> Config:
     return out
 
 
-NOT_IN_TRIALS = ("baselines",)  # sections a trial of the method never reads: changing them keeps the study
-
-
 def fingerprint(cfg: Config, space: dict[str, list[float]]) -> str:
-    """What a study's trials were run under: the method's configuration (less NOT_IN_TRIALS) and the search space."""
-    used = {k: v for k, v in cfg.items() if k not in NOT_IN_TRIALS}
+    """What a study's trials were run under: the method's configuration (less what a BBDM run never reads) and the
+    search space."""
+    from linebridge.core.runs import UNREAD_BY_BBDM
+
+    used = {k: v for k, v in cfg.items() if k not in UNREAD_BY_BBDM}
     return hashlib.sha256(json.dumps({"config": used, "space": space}, sort_keys=True).encode()).hexdigest()
 
 
