@@ -15,7 +15,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from linebridge.repro import AT_ONCE_GAIN, DEFAULT_GUESS, FIRST_GUESS, clock, dag, eta, family, topological
+from linebridge.repro import (
+    AT_ONCE_GAIN,
+    DEFAULT_GUESS,
+    FIRST_GUESS,
+    clock,
+    dag,
+    eta,
+    family,
+    to_run,
+    topological,
+)
 
 
 def test_family_is_the_stage_name_before_the_at():
@@ -56,6 +66,44 @@ def test_eta_at_two_jobs_shares_the_machine():
     stages = ["train@A0-s1", "train@A0-s2"]
     assert eta(stages, {}, jobs=2) == pytest.approx(2 * FIRST_GUESS["train"] / AT_ONCE_GAIN)
     assert eta(stages, {"train": [500.0]}, jobs=2) == pytest.approx(500.0)
+
+
+def test_a_clone_runs_what_changed_and_what_it_needs_of_the_stages_whose_data_it_lacks():
+    """`dvc status` as a fresh clone of a study stopped part-way sees it (the shapes DVC 3 prints): recorded stages
+    lack their cached outputs and the outputs they read; A5-s1 was never run. It runs A5-s1 and its evaluation, the
+    report after them, and prepare and train@A5-s0 again because those read their outputs; train@A0-s0 and the
+    evaluations already recorded stay done."""
+    before = {
+        "prepare": set(),
+        "train@A0-s0": {"prepare"},
+        "train@A5-s0": {"prepare"},
+        "train@A5-s1": {"prepare"},
+        "evaluate@A0-s0": {"train@A0-s0", "prepare"},
+        "evaluate@A5-s0": {"train@A5-s0", "prepare"},
+        "evaluate@A5-s1": {"train@A5-s1", "prepare"},
+        "report": {"evaluate@A0-s0", "evaluate@A5-s0", "evaluate@A5-s1", "train@A5-s0", "prepare"},
+    }
+    lacks = [{"changed deps": {"outputs/prepared": "deleted"}}, {"changed outs": {"outputs/train/X": "not in cache"}}]
+    status = {
+        "prepare": [{"changed outs": {"outputs/prepared": "not in cache"}}],
+        "train@A0-s0": lacks,
+        "train@A5-s0": lacks,
+        "train@A5-s1": [
+            {"changed deps": {"outputs/prepared": "deleted"}},
+            {"changed outs": {"outputs/train": "deleted"}},
+        ],
+        "evaluate@A0-s0": [{"changed deps": {"outputs/prepared": "deleted", "outputs/train/A0-s0": "deleted"}}],
+        "evaluate@A5-s0": [{"changed deps": {"outputs/prepared": "deleted", "outputs/train/A5-s0": "deleted"}}],
+        "evaluate@A5-s1": [{"changed outs": {"metrics/eval/A5-s1": "deleted"}}, "changed command"],
+        "report": [{"changed deps": {"metrics/eval": "modified"}}],
+    }
+    recorded = set(before) - {"train@A5-s1", "evaluate@A5-s1"}
+    assert to_run(before, status, recorded) == ["prepare", "train@A5-s0", "train@A5-s1", "evaluate@A5-s1", "report"]
+    finished = {**status, "train@A5-s1": lacks, "evaluate@A5-s1": status["evaluate@A5-s0"]}
+    del finished["report"]
+    assert to_run(before, finished, set(before)) == []  # a finished study: nothing to do
+    changed = {**finished, "train@A0-s0": [{"changed deps": {"params.yaml": {"train": "modified"}}}]}
+    assert to_run(before, changed, set(before)) == ["prepare", "train@A0-s0", "train@A5-s0", "evaluate@A0-s0", "report"]
 
 
 def dvc_repo(root: Path) -> Path:
@@ -108,3 +156,26 @@ def test_killed_it_stops_its_stages_and_goes_on_next_time(tmp_path):
     assert not lock.get("stages") and not (root / "c.txt").exists(), lock
     said = subprocess.run(["linebridge", "repro"], cwd=root, env=env, capture_output=True, text=True)
     assert said.returncode == 0 and (root / "c.txt").read_text() == "a\nb\n", said.stdout
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_goes_on_without_redoing_what_was_recorded(tmp_path):
+    """Real DVC and git: a clone (no DVC cache) of a finished study has nothing to run; once c's command changes,
+    it runs c and, since c reads a.txt and b.txt which the clone lacks, a and b again first."""
+    root = tmp_path / "first"
+    root.mkdir()
+    dvc_repo(root)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    assert subprocess.run(["linebridge", "repro"], cwd=root, env=env, capture_output=True).returncode == 0
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "add", "-A"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-qm", "study"], cwd=root, check=True)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(root), str(clone)], check=True)
+    said = subprocess.run(["linebridge", "repro"], cwd=clone, env=env, capture_output=True, text=True)
+    assert "up to date: nothing to run" in said.stdout, said.stdout + said.stderr
+    dvc_yaml = clone / "dvc.yaml"
+    dvc_yaml.write_text(dvc_yaml.read_text().replace("cat a.txt b.txt > c.txt", "cat b.txt a.txt > c.txt"))
+    said = subprocess.run(["linebridge", "repro"], cwd=clone, env=env, capture_output=True, text=True)
+    assert said.returncode == 0, said.stdout + said.stderr
+    assert "3 stages to run" in said.stdout and (clone / "c.txt").read_text() == "b\na\n", said.stdout

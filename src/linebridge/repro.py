@@ -1,7 +1,12 @@
 """`linebridge repro` (what `make repro` runs): `dvc repro`, stage by stage, `--jobs` at once, with progress and an ETA.
 
 The stages still to run are those `dvc status` lists and everything downstream of them; a stage starts once every
-stage it depends on (`dvc dag`) has finished. Each runs as its own `dvc repro --single-item STAGE`, so DVC records
+stage it depends on (`dvc dag`) has finished. A stage whose only change is data this clone lacks (its dvc.lock entry
+committed by the sitting that ran it, its checkpoints in that sitting's DVC cache) counts as done, as under
+`dvc repro --allow-missing`, unless a stage to run reads its outputs: then it runs again first. So a fresh clone of
+a study stopped part-way goes on with the runs still to do, and one of a finished study has nothing to do.
+
+Each stage runs as its own `dvc repro --single-item STAGE`, so DVC records
 it in dvc.lock the moment it finishes: a killed study loses at most the stages in progress (and a training stage
 resumes from its last epoch). DVC unlocks the repository while a stage's command runs, so several of these run at
 once; each gets cores / jobs threads ($OMP_NUM_THREADS). On the developers' 2-core machine two 1-thread trainings
@@ -24,15 +29,20 @@ import subprocess
 import time
 from pathlib import Path
 
+import yaml
+
 from linebridge.core.config import UserError, repo_root
 
 # Seconds a stage of each family takes on the developers' 2-core machine, one at a time, before this sitting has
-# timed one (train: a convergence-stopped BBDM run; the rest from the committed study's stage times).
-FIRST_GUESS = {"train": 900.0, "train-baseline": 300.0, "evaluate": 60.0, "report": 60.0, "power": 120.0}
+# timed one. train: a BBDM run stopped by the convergence rule (25–40 epochs; two at once, the method's runs took
+# 1,655–2,739 s each, metrics/tune.json); train-baseline: Pix2Pix's 48 and SCFT's 40 epochs; the rest from the
+# committed study's stage times.
+FIRST_GUESS = {"train": 1450.0, "train-baseline": 800.0, "evaluate": 60.0, "report": 60.0, "power": 120.0}
 DEFAULT_GUESS = 30.0
 JOBS = 2  # stages at once by default: the measured best on 2 cores (module docstring) ...
 AT_ONCE_GAIN = 1.33  # ... and the trainings an hour it gains over one at a time
 LOG_DIR = "outputs/repro"
+ROUNDS = 3  # passes over the pending stages: a stage run again for missing outputs may change what reads them
 
 
 def family(stage: str) -> str:
@@ -70,16 +80,49 @@ def topological(before: dict[str, set[str]]) -> list[str]:
     return order
 
 
-def pending(dvc: str) -> dict[str, set[str]]:
-    """The stages still to run → those of them each waits for: the stages `dvc status` lists and everything
-    downstream of them, in an order DVC can run them (empty when the study is up to date)."""
-    before = dag(dvc_out(dvc, "dag", "--dot"))
-    changed = set(json.loads(dvc_out(dvc, "status", "--json") or "{}"))
+MISSING = ("not in cache", "deleted")  # how `dvc status` names a file this clone lacks
+
+
+def lacks_only_data(reasons: list) -> bool:
+    """Whether a recorded stage's `dvc status` reasons all name files this clone lacks (an output not in its cache,
+    a dependency that is an output not here): nothing it computes has changed."""
+    for reason in reasons:
+        if not isinstance(reason, dict):  # "changed command", "always changed"
+            return False
+        for kind, files in reason.items():
+            if kind not in ("changed outs", "changed deps") or any(v not in MISSING for v in files.values()):
+                return False  # a params dict, "modified", "new"
+    return True
+
+
+def lacks_outputs(reasons: list) -> bool:
+    return any(isinstance(r, dict) and any(v in MISSING for v in r.get("changed outs", {}).values()) for r in reasons)
+
+
+def to_run(before: dict[str, set[str]], status: dict[str, list], recorded: set[str]) -> list[str]:
+    """The stages to run, in order: those changed (never recorded in dvc.lock, or changed in more than missing
+    data), everything downstream of them, and each recorded stage whose outputs this clone lacks that one of them
+    reads (the prepared data, the method's checkpoint), and so on upstream."""
     order = topological(before)
+    run = {s for s in status if s not in recorded or not lacks_only_data(status[s])}
     for stage in order:  # close over the downstream stages
-        if before[stage] & changed:
-            changed.add(stage)
-    return {stage: before[stage] & changed for stage in order if stage in changed}
+        if before[stage] & run:
+            run.add(stage)
+    for stage in reversed(order):  # and over the upstream ones whose outputs a stage to run needs
+        if stage in run:
+            run |= {up for up in before[stage] if up in status and lacks_outputs(status[up])}
+    return [stage for stage in order if stage in run]
+
+
+def pending(dvc: str) -> dict[str, set[str]]:
+    """The stages still to run (`to_run`) → those of them each waits for, in an order DVC can run them (empty when
+    the study is up to date)."""
+    before = dag(dvc_out(dvc, "dag", "--dot"))
+    status = json.loads(dvc_out(dvc, "status", "--json") or "{}")
+    lock = repo_root() / "dvc.lock"
+    recorded = set((yaml.safe_load(lock.read_text()) or {}).get("stages", {})) if lock.exists() else set()
+    stages = to_run(before, status, recorded)
+    return {stage: before[stage] & set(stages) for stage in stages}
 
 
 def eta(stages: list[str], took: dict[str, list[float]], jobs: int = 1) -> float:
@@ -203,10 +246,16 @@ def main(args: argparse.Namespace) -> int:
     if args.jobs > 1:
         open_tracking_store()
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // args.jobs))  # yours if set
-    scheduler = Scheduler(dvc, waits, args.jobs, {**os.environ, "OMP_NUM_THREADS": threads})
-    print(f"{len(waits)} stages to run, {args.jobs} at once ({threads} threads each); logs in {LOG_DIR}/")
     signal.signal(signal.SIGTERM, interrupt)  # `kill` stops the stages in progress like Ctrl-C
-    try:
-        return scheduler.run()
-    except KeyboardInterrupt:
-        return scheduler.stop()
+    for _ in range(ROUNDS):
+        scheduler = Scheduler(dvc, waits, args.jobs, {**os.environ, "OMP_NUM_THREADS": threads})
+        print(f"{len(waits)} stages to run, {args.jobs} at once ({threads} threads each); logs in {LOG_DIR}/")
+        try:
+            code = scheduler.run()
+        except KeyboardInterrupt:
+            return scheduler.stop()
+        waits = pending(dvc) if code == 0 else {}
+        if not waits:
+            return code
+        print("a stage run again for its outputs changed them: the stages that read them follow")
+    raise UserError(f"the study was still not up to date after {ROUNDS} rounds; see `dvc status`")
