@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from linebridge.core.config import load_config
+from linebridge.core import checkpoint
+from linebridge.core.config import RELEASED, load_config
 from linebridge.report import failures
 from linebridge.report.assemble import HEADLINE_END, HEADLINE_START, build_report, headline_block
 from linebridge.report.contrasts import primary_contrasts, verdict_word
@@ -199,7 +200,10 @@ def test_without_a_checkpoint_the_page_shows_no_outputs_and_says_so(tree):  # no
     write_prepared(tree)
     text, _ = build_report(tree, groups=lookup)
     page = read_text(tree, "failures.md")
-    assert "**A3's outputs not shown**: no checkpoint outputs/train/A3-s0/best.pt" in page
+    assert (
+        "**A3's outputs not shown**: no checkpoint: neither A3-s0's released weights (weights/linebridge.safetensors) "
+        "nor outputs/train/A3-s0/best.pt"
+    ) in page
     assert "columns: line art, reference and ground truth." in page
     assert "![failure cases](figures/failures.png)" in page
     assert (tree / "reports" / "figures" / "failures.png").stat().st_size > 1000
@@ -295,3 +299,12 @@ def test_the_outputs_are_those_evaluate_scored(tree, tiny_study, tiny_checkpoint
     expected = ((fake[[data["id"].index(i) for i in shown]] + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
     got = np.stack([np.asarray(image, dtype=float) for image in cases["columns"]["A3 output"]])
     assert np.abs(got - expected).max() <= 1
+    # released (the study releases the method's seed 0): the same outputs from the committed weights alone
+    state = checkpoint.load(best)
+    checkpoint.save_release(tree / RELEASED, state["ema"], state["config"], {"run": "A3-s0"})
+    best.unlink()
+    released = failure_cases(tree, cfg, study, prepared)
+    assert released["output"] == str(RELEASED)
+    assert all(a == b for a, b in zip(released["columns"]["A3 output"], cases["columns"]["A3 output"]))
+    checkpoint.save_release(tree / RELEASED, state["ema"], state["config"], {"run": "A3-s1"})  # another run's
+    assert failure_cases(tree, cfg, study, prepared)["output"] is None

@@ -2,9 +2,9 @@
 reference, the method's output and ground truth, with their per-image tone-region ΔE00.
 
 The items are ranked on the per-image values evaluate wrote (metrics/eval/RUN/cross_gt.csv), averaged over the
-method's runs. Evaluate keeps no output per item, so the outputs shown are coloured again here by the method's
-lowest-seed checkpoint under the study's sampler; without that checkpoint (a clone with only the committed results)
-the page goes without them and says so.
+method's runs. Evaluate keeps no output per item, so the outputs shown are coloured again here, under the study's
+sampler, by the method's released weights (its lowest seed's EMA weights, committed: a clone needs no training), else
+by that run's checkpoint; without either the page goes without them and says so.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from linebridge.core.config import run_name
+from linebridge.core.config import RELEASED, run_name
 from linebridge.report.fmt import LABELS, and_list, show, table
 from linebridge.report.read import NotRun, eval_file, read_per_image, rel, seed_mean
 from linebridge.report.study import arm_runs, arm_seeds
@@ -62,14 +62,28 @@ def _png(path: Path, mode: str = "RGB"):
         return image.convert(mode)
 
 
+def method_weights(root: Path, cfg: dict[str, Any], run: str) -> tuple[Path | None, str]:
+    """What colours the method's items: the released weights when they are RUN's and the study samples with EMA
+    weights (a clone has them: the report needs no training), else RUN's best.pt; (None, why) without either."""
+    released, best = root / RELEASED, root / "outputs" / "train" / run / "best.pt"
+    if released.exists() and cfg["eval"]["weights"] == "ema":
+        from linebridge.core.checkpoint import load_release
+
+        if load_release(released)["released"].get("run") == run:
+            return released, rel(root, released)
+    if best.exists():
+        return best, rel(root, best)
+    return None, f"no checkpoint: neither {run}'s released weights ({RELEASED}) nor {rel(root, best)}"
+
+
 def method_outputs(
     root: Path, cfg: dict[str, Any], run: str, seed: int, prepared: Path, ids: list[str]
 ) -> tuple[list | None, str]:
-    """The method's outputs (PIL images) for the items `ids`, coloured by RUN's best.pt under the study's sampler
-    (params.yaml eval) with the run's seed, as evaluate coloured them; (None, why) without the checkpoint."""
-    path = root / "outputs" / "train" / run / "best.pt"
-    if not path.exists():
-        return None, f"no checkpoint {rel(root, path)} (a clone with only the committed results has none)"
+    """The method's outputs (PIL images) for the items `ids`, coloured by RUN's weights (`method_weights`) under the
+    study's sampler (params.yaml eval) with the run's seed, as evaluate coloured them; (None, why) without them."""
+    path, source = method_weights(root, cfg, run)
+    if path is None:
+        return None, source
     import torch
     from PIL import Image
 
@@ -84,7 +98,7 @@ def method_outputs(
     ref = torch.stack([it["ref"] for it in items])
     out = colorizer(lineart, ref, seed)
     pixels = ((out.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(p) for p in pixels], rel(root, path)
+    return [Image.fromarray(p) for p in pixels], source
 
 
 def failure_cases(root: Path, cfg: dict[str, Any], study: dict[str, Any], prepared: Path) -> dict[str, Any]:
