@@ -134,7 +134,12 @@ def test_confirmation_adopts_a_gain_on_every_seed_beyond_seed_noise(
     from linebridge.tuning.objective import TunePaths
     from linebridge.tuning.study import confirm
 
-    monkeypatch.setattr(T, "train", lambda *args, **kwargs: None)
+    def fake_train(cfg, paths, **kwargs):  # what a run leaves: where it stopped and its time
+        paths.out.mkdir(parents=True, exist_ok=True)
+        facts = {"epochs_run": 3, "best_epoch": 3, "converged": True, "wall_time_s": 1.5}
+        paths.metrics.write_text(json.dumps(facts))
+
+    monkeypatch.setattr(T, "train", fake_train)
     seeds = list(range(len(default)))
     scores = {f"default-s{s}": v for s, v in zip(seeds, default)} | {f"tuned-s{s}": v for s, v in zip(seeds, tuned)}
     cfg = load_config("A3", "tiny")
@@ -143,6 +148,8 @@ def test_confirmation_adopts_a_gain_on_every_seed_beyond_seed_noise(
     check = confirm(cfg, {"loss.lambda_edge": 1.5}, tune, paths, lambda path: {"objective": scores[path.parent.name]})
     assert check["gain"] == pytest.approx(gain) and check["seed_sd"] == pytest.approx(seed_sd)
     assert check["adopted"] is adopted
+    ran = {"epochs_run": 3, "best_epoch": 3, "converged": True, "wall_time_s": 1.5, "at_once": 1}
+    assert check["default"][0] == {"objective": default[0], **ran}
 
 
 def test_tuned_values_apply_where_their_component_is_on(tmp_path):

@@ -146,7 +146,9 @@ def confirm(
             list(pool.map(train_confirmation, *zip(*jobs)))
     scores: dict[str, list[dict[str, float]]] = {"default": [], "tuned": []}
     for label, _, out in runs:
-        scores[label].append(judge(out / "best.pt"))
+        ran = json.loads((out / "metrics.json").read_text())  # how the run went: where it stopped and its time
+        facts = {k: ran[k] for k in ("epochs_run", "best_epoch", "converged", "wall_time_s")}
+        scores[label].append({**judge(out / "best.pt"), **facts, "at_once": workers})
     default = np.array([s["objective"] for s in scores["default"]])
     tuned = np.array([s["objective"] for s in scores["tuned"]])
     gain = float(np.mean(default - tuned))
