@@ -303,6 +303,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    commit = git_commit()  # before the study writes its own (tracked) journal, which would read as a dirty tree
     cfg = load_config(declared_method(), args.profile, args.overrides)  # the judge samples with params.yaml `eval`
     full = copy.deepcopy(cfg)  # the full recipe, for the confirmation runs
     full.pop("tune")
@@ -346,7 +347,7 @@ def main(args: argparse.Namespace) -> int:
         summary = study_summary(storage, setup.study_name)
         summary["objective"] = "mean of validation self ΔE00 and cross_gt tone ΔE00 at the study's sampler (last epoch)"
         summary["sampler"] = {k: cfg["eval"][k] for k in ("sample_step", "eta", "deterministic", "weights")}
-        summary["commit"] = git_commit()
+        summary["commit"] = commit
         summary["trial_budget"] = {k: tune[k] for k in ("epochs", "max_train_images")}
         if summary["best_trial"] is not None and n_finished(study) >= tune["trials"]:
             judge = ValidationJudge(cfg)
