@@ -19,11 +19,19 @@ train.min_epochs) or its cap; for `before` its 24th epoch, with the epoch where 
     python benchmarks/convergence.py --seeds 1 --recipes after   # more seeds of the new recipe: the seed spread
     python benchmarks/convergence.py --resummarise        # re-read every finished run (after a change of the rule)
     python benchmarks/convergence.py --gans pix2pix scft  # instead: each GAN baseline on its schedule and on twice it
+    python benchmarks/convergence.py --past-stop A5-s0 A0-s0 A3-s0   # instead: the study's runs, past their stop
 
 The GAN baselines decay their learning rate linearly to 0 over their schedule (baselines.NAME.epochs, the reference
 code's policy), so a run is at its plateau when a longer schedule no longer improves its validation quality: `--gans`
 trains each on its schedule times each of `--gan-times` (default 1 2; `gan-EPOCHSep/NAME`) and records, under
 `plateau`, what each longer schedule changed against the one before it.
+
+`--past-stop RUN ...` asks whether a run the study stopped by the rule had converged for the conclusions, not only
+for its loss: a copy of the study's run (outputs/train/RUN, its seed and its configuration, the tuned values
+included) trains on to `--times` (2) × its stopping epoch without the rule, in outputs/bench/convergence/past-stop/RUN.
+Its best checkpoint (what evaluate scores) is scored on validation at the stop and at the end, beside the spread of
+the same metrics over the arm's study runs at their stops (every seed trained so far): `past_stop` in the JSON, with
+`moved` = end − stop and `within_spread` = |moved| < the seeds' standard deviation, per metric.
 
 Resumable: every run trains into outputs/bench/convergence/RECIPE/ARM-sSEED with --resume, and the JSON is
 rewritten after each result, so a killed benchmark goes on where it stopped. Timings compare only within one
@@ -67,9 +75,9 @@ GANS = ("pix2pix", "scft")
 KEEP = ["train.keep_epochs=true"]  # every epoch's weights: the quality at the stopping epoch and at 2 × it
 
 
-def train(run: str, out: Path, sets: list[str]) -> None:
+def train(run: str, out: Path, sets: list[str], tuned: list[str] = ()) -> None:
     cmd = [sys.executable, "-m", "linebridge.cli", "train", "--experiment", run, "--out", str(out), "--resume"]
-    cmd += ["--no-mlflow", *[a for s in sets for a in ("--set", s)]]
+    cmd += ["--no-mlflow", *tuned, *[a for s in sets for a in ("--set", s)]]
     print("$", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True)
 
@@ -114,6 +122,8 @@ def main() -> int:
     parser.add_argument("--resummarise", action="store_true", help="re-read the finished runs; train nothing")
     parser.add_argument("--gans", nargs="+", choices=GANS, help="instead: these GAN baselines on longer schedules")
     parser.add_argument("--gan-times", nargs="+", type=int, default=[1, 2], help="--gans: schedule multiples")
+    parser.add_argument("--past-stop", nargs="+", metavar="RUN", help="instead: these study runs past their stop")
+    parser.add_argument("--times", type=float, default=2.0, help="--past-stop: train on to this × the stop")
     args = parser.parse_args()
     root = repo_root()
     out_json = root / args.out
@@ -131,7 +141,7 @@ def main() -> int:
     if threads != record["threads"]:
         sitting["threads"] = threads
     sitting["command"] = " ".join(["python benchmarks/convergence.py", *sys.argv[1:]])
-    for name in args.gans or []:
+    for name in (args.gans or []) if not args.past_stop else []:
         for times in args.gan_times:
             epochs = load_config(name)["baselines"][name]["epochs"] * times
             key = f"gan-{epochs}ep/{name}"
@@ -142,7 +152,13 @@ def main() -> int:
                 cfg = load_config(name, overrides=sets)
                 record["runs"][key] = {**sitting, **summarise(folder, cfg, validation_sets(cfg), at=epochs)}
                 write_json(out_json, plateaus(ratios(record)))
-    for recipe in args.recipes if not args.gans else []:
+    for run in args.past_stop or []:
+        record.setdefault("past_stop", {})[run] = {
+            **sitting,
+            **past_stop(root, run, args.times, args.val_items, record.get("past_stop", {}).get(run)),
+        }
+        write_json(out_json, record)
+    for recipe in args.recipes if not (args.gans or args.past_stop) else []:
         for arm in args.arms:
             for seed in args.seeds:
                 run = f"{arm}-s{seed}"
@@ -174,6 +190,64 @@ def main() -> int:
                     write_json(out_json, ratios(record))
     print(json.dumps(ratios(record), indent=2))
     return 0
+
+
+def past_stop(root: Path, run: str, times: float, val_items: int, done: dict[str, Any] | None) -> dict[str, Any]:
+    """The study's RUN trained on, in a copy, to `times` × its stop: validation quality at both against its arm's
+    seed-to-seed spread (see the module docstring)."""
+    import shutil
+
+    import numpy as np
+
+    from linebridge.core.config import RUN_NAME, load_tuned_config, read_yaml
+
+    study_dir, summary = root / "outputs" / "train" / run, root / "metrics" / "train" / f"{run}.json"
+    if not (summary.exists() and (study_dir / "last.pt").exists()):
+        raise SystemExit(f"{run}: no finished study run here; train it first (`make repro` or `dvc repro train@{run}`)")
+    stop = json.loads(summary.read_text())["epochs_run"]
+    longer = int(round(times * stop))
+    tuned_file = root / load_config(run)["tune"]["best_params"]
+    sets = [f"eval.sweep_images={val_items}"]
+    cfg, _ = load_tuned_config(run, None, sets, tuned_file)
+    data = validation_sets(cfg)
+    arm = RUN_NAME.match(run)["arm"]
+    seeds = sorted(
+        name
+        for name, experiment in read_yaml(root / "params.yaml")["study"]["runs"].items()
+        if experiment == arm and (root / "metrics" / "train" / f"{name}.json").exists()
+    )
+    at_stop = (done or {}).get("seeds", {})
+    for name in seeds:  # each seed's best checkpoint at its stop, as the study evaluates it
+        if name not in at_stop:
+            seed_cfg, _ = load_tuned_config(name, None, sets, tuned_file)
+            at_stop[name] = rounded(study_quality(root / "outputs" / "train" / name / "best.pt", seed_cfg, data))
+    folder = root / "outputs" / "bench" / "convergence" / "past-stop" / run
+    if not folder.exists():  # the run as the study left it: checkpoints, summary and history (--out's layout)
+        tmp = folder.with_suffix(".tmp")
+        shutil.copytree(study_dir, tmp, dirs_exist_ok=True)
+        shutil.copy(summary, tmp / "metrics.json")
+        shutil.copy(summary.with_suffix(".csv"), tmp / "history.csv")
+        tmp.rename(folder)
+    extra = [f"train.epochs={longer}", "train.stop_at_convergence=false"]
+    train(run, folder, [*sets, *extra], ["--tuned", str(tuned_file)])
+    end = rounded(study_quality(folder / "best.pt", cfg, data))
+    moved = {k: round(end[k] - at_stop[run][k], 4) for k in end}
+    sd = {k: round(float(np.std([q[k] for q in at_stop.values()], ddof=1)), 4) for k in end} if len(at_stop) > 1 else {}
+    return {
+        "stop_epoch": stop,
+        "trained_to": longer,
+        "best_epoch": json.loads((folder / "metrics.json").read_text())["best_epoch"],
+        "at_stop": at_stop[run],
+        "at_end": end,
+        "moved": moved,
+        "seeds": at_stop,
+        "seed_sd": sd,
+        "within_spread": {k: abs(moved[k]) < sd[k] for k in sd},
+    }
+
+
+def rounded(quality: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in quality.items()}
 
 
 def plateaus(record: dict[str, Any]) -> dict[str, Any]:
