@@ -29,9 +29,10 @@ trains each on its schedule times each of `--gan-times` (default 1 2; `gan-EPOCH
 `--past-stop RUN ...` asks whether a run the study stopped by the rule had converged for the conclusions, not only
 for its loss: a copy of the study's run (outputs/train/RUN, its seed and its configuration, the tuned values
 included) trains on to `--times` (2) × its stopping epoch without the rule, in outputs/bench/convergence/past-stop/RUN.
-Its best checkpoint (what evaluate scores) is scored on validation at the stop and at the end, beside the spread of
-the same metrics over the arm's study runs at their stops (every seed trained so far): `past_stop` in the JSON, with
-`moved` = end − stop and `within_spread` = |moved| < the seeds' standard deviation, per metric.
+Its best checkpoint (what evaluate scores) is scored on validation at the stop, and its best and last checkpoints at
+the end, beside the spread of the same metrics over the arm's study runs at their stops (every seed trained here so
+far): `past_stop` in the JSON, with `moved` = end − stop and `within_spread` = |moved| < the seeds' standard
+deviation, per metric and checkpoint.
 
 Resumable: every run trains into outputs/bench/convergence/RECIPE/ARM-sSEED with --resume, and the JSON is
 rewritten after each result, so a killed benchmark goes on where it stopped. Timings compare only within one
@@ -214,7 +215,7 @@ def past_stop(root: Path, run: str, times: float, val_items: int, done: dict[str
     seeds = sorted(
         name
         for name, experiment in read_yaml(root / "params.yaml")["study"]["runs"].items()
-        if experiment == arm and (root / "metrics" / "train" / f"{name}.json").exists()
+        if experiment == arm and (root / "outputs" / "train" / name / "best.pt").exists()
     )
     at_stop = (done or {}).get("seeds", {})
     for name in seeds:  # each seed's best checkpoint at its stop, as the study evaluates it
@@ -230,19 +231,27 @@ def past_stop(root: Path, run: str, times: float, val_items: int, done: dict[str
         tmp.rename(folder)
     extra = [f"train.epochs={longer}", "train.stop_at_convergence=false"]
     train(run, folder, [*sets, *extra], ["--tuned", str(tuned_file)])
-    end = rounded(study_quality(folder / "best.pt", cfg, data))
-    moved = {k: round(end[k] - at_stop[run][k], 4) for k in end}
-    sd = {k: round(float(np.std([q[k] for q in at_stop.values()], ddof=1)), 4) for k in end} if len(at_stop) > 1 else {}
+    before, after = load_history(summary.with_suffix(".csv")), load_history(folder / "history.csv")
+    if after[:stop] != before:
+        raise SystemExit(f"{folder} did not go on from the study's run (its first {stop} epochs differ): remove it")
+    ran = json.loads((folder / "metrics.json").read_text())
+    end = {  # best.pt: what the study would have scored had it trained on; last.pt: the weights at the end
+        name: rounded(study_quality(folder / f"{name}.pt", cfg, data)) for name in ("best", "last")
+    }
+    spread = len(at_stop) > 1
+    sd = {k: round(float(np.std([q[k] for q in at_stop.values()], ddof=1)), 4) for k in end["best"]} if spread else {}
+    moved = {name: {k: round(q[k] - at_stop[run][k], 4) for k in q} for name, q in end.items()}
     return {
         "stop_epoch": stop,
-        "trained_to": longer,
-        "best_epoch": json.loads((folder / "metrics.json").read_text())["best_epoch"],
+        "trained_to": ran["epochs_run"],  # below `times` × stop when patience stopped it
+        "stopped_early": ran["stopped_early"],
+        "best_epoch": ran["best_epoch"],
         "at_stop": at_stop[run],
         "at_end": end,
         "moved": moved,
         "seeds": at_stop,
         "seed_sd": sd,
-        "within_spread": {k: abs(moved[k]) < sd[k] for k in sd},
+        "within_spread": {name: {k: abs(m[k]) < sd[k] for k in sd} for name, m in moved.items()},
     }
 
 

@@ -23,6 +23,7 @@ from linebridge.repro import (
     dag,
     eta,
     family,
+    seed_of,
     to_run,
     topological,
 )
@@ -31,6 +32,7 @@ from linebridge.repro import (
 def test_family_is_the_stage_name_before_the_at():
     assert family("train@A5-s0") == "train" and family("train-baseline@scft") == "train-baseline"
     assert family("prepare") == "prepare"
+    assert seed_of("train@A5-s2") == 2 and seed_of("evaluate@A0-s1") == 1 and seed_of("train-baseline@scft") == 0
 
 
 def test_eta_uses_this_sittings_mean_per_family_else_the_first_guess():
@@ -68,51 +70,62 @@ def test_eta_at_two_jobs_shares_the_machine():
     assert eta(stages, {"train": [500.0]}, jobs=2) == pytest.approx(500.0)
 
 
+def clone_status(seeds: dict[str, bool]) -> tuple[dict[str, set[str]], dict[str, list]]:
+    """The DAG and `dvc status` (the shapes DVC 3 prints) of a study as a fresh clone sees it: prepare, then per run
+    train and evaluate; the report reads every evaluation, the trainings' committed metrics (a folder, so DVC links
+    it to every training) and one checkpoint. `seeds`: run → recorded in dvc.lock (else never run)."""
+    prep = "outputs/prepared"
+    before = {"prepare": set()}
+    status = {"prepare": [{"changed outs": {prep: "not in cache"}}]}
+    for run, recorded in seeds.items():
+        ckpt = f"outputs/train/{run}"
+        before |= {f"train@{run}": {"prepare"}, f"evaluate@{run}": {f"train@{run}", "prepare"}}
+        status[f"train@{run}"] = [{"changed deps": {prep: "deleted"}}, {"changed outs": {ckpt: "not in cache"}}]
+        evaluate = [{"changed deps": {prep: "deleted", ckpt: "deleted"}}]
+        status[f"evaluate@{run}"] = (
+            evaluate if recorded else [*evaluate, {"changed outs": {f"metrics/eval/{run}": "deleted"}}]
+        )
+        if not recorded:
+            status[f"train@{run}"][1] = {"changed outs": {ckpt: "deleted"}}
+    before["report"] = {stage for stage in before if stage != "prepare"} | {"prepare"}
+    status["report"] = [
+        {"changed deps": {"metrics/eval": "modified", prep: "deleted", "outputs/train/A5-s0": "deleted"}}
+    ]
+    return before, status
+
+
 def test_a_clone_runs_what_changed_and_what_it_needs_of_the_stages_whose_data_it_lacks():
-    """`dvc status` as a fresh clone of a study stopped part-way sees it (the shapes DVC 3 prints): recorded stages
-    lack their cached outputs and the outputs they read; A5-s1 was never run. It runs A5-s1 and its evaluation, the
-    report after them, and prepare and train@A5-s0 again because those read their outputs; train@A0-s0 and the
-    evaluations already recorded stay done."""
-    before = {
-        "prepare": set(),
-        "train@A0-s0": {"prepare"},
-        "train@A5-s0": {"prepare"},
-        "train@A5-s1": {"prepare"},
-        "evaluate@A0-s0": {"train@A0-s0", "prepare"},
-        "evaluate@A5-s0": {"train@A5-s0", "prepare"},
-        "evaluate@A5-s1": {"train@A5-s1", "prepare"},
-        "report": {"evaluate@A0-s0", "evaluate@A5-s0", "evaluate@A5-s1", "train@A5-s0", "prepare"},
-    }
-    lacks = [{"changed deps": {"outputs/prepared": "deleted"}}, {"changed outs": {"outputs/train/X": "not in cache"}}]
-    status = {
-        "prepare": [{"changed outs": {"outputs/prepared": "not in cache"}}],
-        "train@A0-s0": lacks,
-        "train@A5-s0": lacks,
-        "train@A5-s1": [
-            {"changed deps": {"outputs/prepared": "deleted"}},
-            {"changed outs": {"outputs/train": "deleted"}},
-        ],
-        "evaluate@A0-s0": [{"changed deps": {"outputs/prepared": "deleted", "outputs/train/A0-s0": "deleted"}}],
-        "evaluate@A5-s0": [{"changed deps": {"outputs/prepared": "deleted", "outputs/train/A5-s0": "deleted"}}],
-        "evaluate@A5-s1": [{"changed outs": {"metrics/eval/A5-s1": "deleted"}}, "changed command"],
-        "report": [{"changed deps": {"metrics/eval": "modified"}}],
-    }
+    """A clone of a study stopped part-way (A5-s1 never ran): it runs A5-s1's chain and the report after it, and
+    prepare and train@A5-s0 again first because those stages read their outputs; train@A0-s0, linked to the report
+    only by the committed metrics it wrote, and the recorded evaluations stay done."""
+    before, status = clone_status({"A0-s0": True, "A5-s0": True, "A5-s1": False})
     recorded = set(before) - {"train@A5-s1", "evaluate@A5-s1"}
     assert to_run(before, status, recorded) == ["prepare", "train@A5-s0", "train@A5-s1", "evaluate@A5-s1", "report"]
-    finished = {**status, "train@A5-s1": lacks, "evaluate@A5-s1": status["evaluate@A5-s0"]}
-    del finished["report"]
-    assert to_run(before, finished, set(before)) == []  # a finished study: nothing to do
-    changed = {**finished, "train@A0-s0": [{"changed deps": {"params.yaml": {"train": "modified"}}}]}
-    assert to_run(before, changed, set(before)) == ["prepare", "train@A0-s0", "train@A5-s0", "evaluate@A0-s0", "report"]
 
 
-def dvc_repo(root: Path) -> Path:
-    """A git + DVC repo with stages a and b (independent, 3 s each) and c after both; params.yaml marks the root."""
+def test_a_clone_of_a_finished_study_has_nothing_to_run_until_something_changes():
+    before, status = clone_status({"A0-s0": True, "A5-s0": True})
+    del status["report"]
+    assert to_run(before, status, set(before)) == []
+    changed = {**status, "train@A0-s0": [{"changed deps": {"params.yaml": {"train": "modified"}}}]}
+    assert to_run(before, changed, set(before)) == ["prepare", "train@A0-s0", "evaluate@A0-s0", "report"]
+    gone = {**status, "evaluate@A0-s0": [{"changed deps": {"src/linebridge/evaluation": "deleted"}}]}
+    assert to_run(before, gone, set(before)) == ["evaluate@A0-s0", "report"]  # a deleted source is a change ...
+    assert to_run(before, gone, set(before) - {"report"}) == ["evaluate@A0-s0", "report"]  # ... a new stage runs
+
+
+def dvc_repo(root: Path, seconds: int = 3) -> Path:
+    """A git + DVC repo with stages a and b (independent, `seconds` each) and c after both; params.yaml marks the
+    root."""
     dvc = str(Path(sys.executable).parent / "dvc")
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     subprocess.run([dvc, "init", "-q"], cwd=root, check=True)
     (root / "params.yaml").write_text("x: 1\n")
-    stage = "    cmd: sleep 3 && echo {0} > {0}.txt\n    outs: [{0}.txt]\n"
+    # each stage notes when its command starts and ends (X.start, X.end), then writes its output
+    stage = (
+        f"    cmd: date +%s.%N > {{0}}.start && sleep {seconds} && date +%s.%N > {{0}}.end && echo {{0}} > {{0}}.txt\n"
+    )
+    stage += "    outs: [{0}.txt]\n"
     (root / "dvc.yaml").write_text(
         "stages:\n  a:\n"
         + stage.format("a")
@@ -125,14 +138,14 @@ def dvc_repo(root: Path) -> Path:
 
 @pytest.mark.slow
 def test_two_stages_at_once_each_after_what_it_waits_for(tmp_path, monkeypatch):
-    """Real DVC: a and b run side by side (the whole study takes less than their sum), c after both, every stage
+    """Real DVC: a and b run side by side (their commands' clocks overlap), c after both, every stage
     in dvc.lock; a second run has nothing to do."""
     root = dvc_repo(tmp_path)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    t0 = time.perf_counter()
     said = subprocess.run(["linebridge", "repro", "--jobs", "2"], cwd=root, env=env, capture_output=True, text=True)
     assert said.returncode == 0, said.stdout + said.stderr
-    assert time.perf_counter() - t0 < 6 + 10  # a and b at once: 3 s, not 6, plus DVC's own seconds
+    at = {f"{x}.{e}": float((root / f"{x}.{e}").read_text()) for x in "ab" for e in ("start", "end")}
+    assert at["a.start"] < at["b.end"] and at["b.start"] < at["a.end"], at  # a and b ran at the same time
     assert (root / "c.txt").read_text() == "a\nb\n"
     assert said.stdout.index("] c —") > max(said.stdout.index("a done"), said.stdout.index("b done"))
     assert set(yaml.safe_load((root / "dvc.lock").read_text())["stages"]) == {"a", "b", "c"}
@@ -142,13 +155,12 @@ def test_two_stages_at_once_each_after_what_it_waits_for(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_killed_it_stops_its_stages_and_goes_on_next_time(tmp_path):
-    root = dvc_repo(tmp_path)
+    root = dvc_repo(tmp_path, seconds=10)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.Popen(["linebridge", "repro"], cwd=root, env=env, stdout=subprocess.PIPE, text=True)
     deadline = time.time() + 60
-    while not (root / "outputs" / "repro" / "b.log").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(1)
+    while not ((root / "a.start").exists() and (root / "b.start").exists()) and time.time() < deadline:
+        time.sleep(0.2)  # until both stages' commands run
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted: a, b stopped" in out, out

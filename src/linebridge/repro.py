@@ -4,7 +4,9 @@ The stages still to run are those `dvc status` lists and everything downstream o
 stage it depends on (`dvc dag`) has finished. A stage whose only change is data this clone lacks (its dvc.lock entry
 committed by the sitting that ran it, its checkpoints in that sitting's DVC cache) counts as done, as under
 `dvc repro --allow-missing`, unless a stage to run reads its outputs: then it runs again first. So a fresh clone of
-a study stopped part-way goes on with the runs still to do, and one of a finished study has nothing to do.
+a study stopped part-way goes on with the runs still to do, and one of a finished study has nothing to do. (A stage
+run again this way gives the same bytes on the same machine; where it does not, what reads its outputs runs again
+in a second round, as `dvc repro` would.)
 
 Each stage runs as its own `dvc repro --single-item STAGE`, so DVC records
 it in dvc.lock the moment it finishes: a killed study loses at most the stages in progress (and a training stage
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from linebridge.core.config import UserError, repo_root
+from linebridge.core.config import RUN_NAME, UserError, repo_root
 
 # Seconds a stage of each family takes on the developers' 2-core machine, one at a time, before this sitting has
 # timed one. train: a BBDM run stopped by the convergence rule (25–40 epochs; two at once, the method's runs took
@@ -48,6 +50,13 @@ ROUNDS = 3  # passes over the pending stages: a stage run again for missing outp
 def family(stage: str) -> str:
     """'train@A5-s0' → 'train'; 'prepare' → 'prepare'."""
     return stage.split("@", 1)[0]
+
+
+def seed_of(stage: str) -> int:
+    """'train@A5-s2' → 2; 0 for a stage that is not a run's. Trainings start seed by seed, so a study stopped
+    part-way has every arm at nearly the same number of seeds."""
+    match = RUN_NAME.match(stage.split("@", 1)[-1])
+    return int(match["seed"]) if match else 0
 
 
 def dvc_out(dvc: str, *args: str) -> str:
@@ -81,36 +90,55 @@ def topological(before: dict[str, set[str]]) -> list[str]:
 
 
 MISSING = ("not in cache", "deleted")  # how `dvc status` names a file this clone lacks
+OUTS, DEPS = "changed outs", "changed deps"
 
 
-def lacks_only_data(reasons: list) -> bool:
-    """Whether a recorded stage's `dvc status` reasons all name files this clone lacks (an output not in its cache,
-    a dependency that is an output not here): nothing it computes has changed."""
+def missing(reasons: list, kind: str) -> set[str]:
+    """The paths of `kind` (OUTS or DEPS) that a stage's `dvc status` reasons name as absent from this clone."""
+    return {path for r in reasons if isinstance(r, dict) for path, v in r.get(kind, {}).items() if v in MISSING}
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Whether two repo paths are the same or one is a folder holding the other."""
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+
+def lacks_only_data(reasons: list, upstream: set[str]) -> bool:
+    """Whether a recorded stage's `dvc status` reasons all name files this clone lacks: outputs not in its cache, and
+    dependencies that are outputs (`upstream`) its upstream stages lack. Nothing it computes has changed then; a
+    deleted source file or a changed param, command or file is a change."""
     for reason in reasons:
         if not isinstance(reason, dict):  # "changed command", "always changed"
             return False
         for kind, files in reason.items():
-            if kind not in ("changed outs", "changed deps") or any(v not in MISSING for v in files.values()):
+            if kind not in (OUTS, DEPS) or any(v not in MISSING for v in files.values()):
                 return False  # a params dict, "modified", "new"
+            if kind == DEPS and not all(any(overlaps(path, out) for out in upstream) for path in files):
+                return False
     return True
-
-
-def lacks_outputs(reasons: list) -> bool:
-    return any(isinstance(r, dict) and any(v in MISSING for v in r.get("changed outs", {}).values()) for r in reasons)
 
 
 def to_run(before: dict[str, set[str]], status: dict[str, list], recorded: set[str]) -> list[str]:
     """The stages to run, in order: those changed (never recorded in dvc.lock, or changed in more than missing
-    data), everything downstream of them, and each recorded stage whose outputs this clone lacks that one of them
-    reads (the prepared data, the method's checkpoint), and so on upstream."""
+    data), everything downstream of them, and each recorded stage whose outputs this clone lacks where a stage to
+    run reads them (the prepared data, a checkpoint), and so on upstream. Files, not stages, decide the last: a
+    stage that reads only the committed metrics of a training does not bring back its checkpoint."""
     order = topological(before)
-    run = {s for s in status if s not in recorded or not lacks_only_data(status[s])}
+    lacks = {stage: missing(status.get(stage, []), OUTS) for stage in order}
+    run = set()
+    for stage in order:
+        if stage not in status:
+            continue
+        upstream = {out for up in before[stage] for out in lacks[up]}
+        if stage not in recorded or not lacks_only_data(status[stage], upstream):
+            run.add(stage)
     for stage in order:  # close over the downstream stages
         if before[stage] & run:
             run.add(stage)
-    for stage in reversed(order):  # and over the upstream ones whose outputs a stage to run needs
+    for stage in reversed(order):  # and over the upstream ones with outputs a stage to run needs
         if stage in run:
-            run |= {up for up in before[stage] if up in status and lacks_outputs(status[up])}
+            needs = missing(status.get(stage, []), DEPS)
+            run |= {up for up in before[stage] if any(overlaps(out, path) for out in lacks[up] for path in needs)}
     return [stage for stage in order if stage in run]
 
 
@@ -178,7 +206,7 @@ class Scheduler:
         while self.todo or self.running:
             # a run's evaluation before the next training: each run's chain is complete as soon as it can be
             ready = [s for s in self.todo if self.waits[s] <= self.done and not self.failed]
-            ready.sort(key=lambda s: family(s).startswith("train"))
+            ready.sort(key=lambda s: (family(s).startswith("train"), seed_of(s)))
             for stage in ready[: self.jobs - len(self.running)]:
                 self.launch(stage)
             if not self.running:
@@ -188,8 +216,7 @@ class Scheduler:
         if self.failed:
             print(f"{len(self.done)} stages recorded, {', '.join(self.failed)} failed: fix it and run again to go on")
             return 1
-        took = clock(time.perf_counter() - self.start_time)
-        print(f"the study is up to date after {took} ({len(self.waits)} stages)")
+        print(f"{len(self.waits)} stages ran in {clock(time.perf_counter() - self.start_time)}", flush=True)
         return 0
 
     def launch(self, stage: str) -> None:
@@ -247,15 +274,18 @@ def main(args: argparse.Namespace) -> int:
         open_tracking_store()
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // args.jobs))  # yours if set
     signal.signal(signal.SIGTERM, interrupt)  # `kill` stops the stages in progress like Ctrl-C
+    started = time.perf_counter()
     for _ in range(ROUNDS):
         scheduler = Scheduler(dvc, waits, args.jobs, {**os.environ, "OMP_NUM_THREADS": threads})
         print(f"{len(waits)} stages to run, {args.jobs} at once ({threads} threads each); logs in {LOG_DIR}/")
         try:
             code = scheduler.run()
+            waits = pending(dvc) if code == 0 else {}
         except KeyboardInterrupt:
             return scheduler.stop()
-        waits = pending(dvc) if code == 0 else {}
         if not waits:
+            if code == 0:
+                print(f"the study is up to date after {clock(time.perf_counter() - started)}")
             return code
-        print("a stage run again for its outputs changed them: the stages that read them follow")
+        print(f"a stage run again for its missing outputs wrote other bytes: {len(waits)} stages that read them follow")
     raise UserError(f"the study was still not up to date after {ROUNDS} rounds; see `dvc status`")

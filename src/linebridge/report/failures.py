@@ -67,10 +67,13 @@ def method_weights(root: Path, cfg: dict[str, Any], run: str) -> tuple[Path | No
     weights (a clone has them: the report needs no training), else RUN's best.pt; (None, why) without either."""
     released, best = root / RELEASED, root / "outputs" / "train" / run / "best.pt"
     if released.exists() and cfg["eval"]["weights"] == "ema":
-        from linebridge.core.checkpoint import load_release
+        from linebridge.core.checkpoint import CheckpointError, load_release
 
-        if load_release(released)["released"].get("run") == run:
-            return released, rel(root, released)
+        try:
+            if load_release(released)["released"].get("run") == run:
+                return released, rel(root, released)
+        except CheckpointError:  # unreadable (say, a Git LFS pointer): the checkpoint, if there is one
+            pass
     if best.exists():
         return best, rel(root, best)
     return None, f"no checkpoint: neither {run}'s released weights ({RELEASED}) nor {rel(root, best)}"

@@ -303,7 +303,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    commit = git_commit()  # before the study writes its own (tracked) journal, which would read as a dirty tree
+    commit = git_commit()  # this sitting's, before it writes the (tracked) journal, which would read as a dirty tree
     cfg = load_config(declared_method(), args.profile, args.overrides)  # the judge samples with params.yaml `eval`
     full = copy.deepcopy(cfg)  # the full recipe, for the confirmation runs
     full.pop("tune")
