@@ -5,6 +5,7 @@ The command also runs the whole tiny study in tests/test_pipeline.py (slow)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -23,6 +24,8 @@ from linebridge.repro import (
     dag,
     eta,
     family,
+    from_scratch,
+    recorded_times,
     seed_of,
     to_run,
     topological,
@@ -40,6 +43,21 @@ def test_eta_uses_this_sittings_mean_per_family_else_the_first_guess():
     assert eta(stages, {}) == pytest.approx(2 * FIRST_GUESS["train"] + FIRST_GUESS["evaluate"] + 60 + DEFAULT_GUESS)
     took = {"train": [100.0, 300.0], "evaluate": [10.0]}
     assert eta(stages, took) == pytest.approx(2 * 200.0 + 10.0 + FIRST_GUESS["report"] + DEFAULT_GUESS)
+
+
+def test_the_record_gives_first_guesses_at_as_many_at_once_and_the_from_scratch_time():
+    record = {
+        "stages": {
+            "train@A0-s0": {"seconds": 1000.0, "at_once": 2},
+            "train@A0-s1": {"seconds": 1200.0, "at_once": 2},
+            "train@A3-s0": {"seconds": 700.0, "at_once": 1},
+            "evaluate@A0-s0": {"seconds": 60.0, "at_once": 2},
+            "train@A3-s1": {"interrupted_s": 300.0},  # killed part-way: no time of its own yet
+        }
+    }
+    assert recorded_times(record, 2) == {"train": [1000.0, 1200.0], "evaluate": [60.0]}
+    assert recorded_times(record, 1) == {"train": [700.0]}
+    assert from_scratch(record) == pytest.approx((1000 + 1200 + 60) / 2 + 700)
 
 
 def test_clock_reads_minutes_then_hours():
@@ -149,6 +167,10 @@ def test_two_stages_at_once_each_after_what_it_waits_for(tmp_path, monkeypatch):
     assert (root / "c.txt").read_text() == "a\nb\n"
     assert said.stdout.index("] c —") > max(said.stdout.index("a done"), said.stdout.index("b done"))
     assert set(yaml.safe_load((root / "dvc.lock").read_text())["stages"]) == {"a", "b", "c"}
+    record = json.loads((root / "metrics" / "repro.json").read_text())
+    assert set(record["stages"]) == {"a", "b", "c"} and all(e["at_once"] == 2 for e in record["stages"].values())
+    assert record["stages"]["a"]["seconds"] >= 3 and record["stages"]["a"]["threads"] >= 1
+    assert record["from_scratch_s"] == pytest.approx(sum(e["seconds"] for e in record["stages"].values()) / 2, abs=0.1)
     again = subprocess.run(["linebridge", "repro"], cwd=root, env=env, capture_output=True, text=True)
     assert "up to date: nothing to run" in again.stdout
 
@@ -166,8 +188,12 @@ def test_killed_it_stops_its_stages_and_goes_on_next_time(tmp_path):
     assert proc.returncode == 130 and "interrupted: a, b stopped" in out, out
     lock = yaml.safe_load((root / "dvc.lock").read_text()) if (root / "dvc.lock").exists() else {}
     assert not lock.get("stages") and not (root / "c.txt").exists(), lock
+    interrupted = json.loads((root / "metrics" / "repro.json").read_text())["stages"]
+    assert set(interrupted) == {"a", "b"} and all(e["interrupted_s"] > 0 for e in interrupted.values())
     said = subprocess.run(["linebridge", "repro"], cwd=root, env=env, capture_output=True, text=True)
     assert said.returncode == 0 and (root / "c.txt").read_text() == "a\nb\n", said.stdout
+    stages = json.loads((root / "metrics" / "repro.json").read_text())["stages"]  # both attempts counted
+    assert stages["a"]["seconds"] >= 10 + interrupted["a"]["interrupted_s"] and "interrupted_s" not in stages["a"]
 
 
 @pytest.mark.slow

@@ -15,25 +15,30 @@ once; each gets cores / jobs threads ($OMP_NUM_THREADS). On the developers' 2-co
 at once finish 1.33 × the trainings an hour of one 2-thread training (`metrics/throughput.json`), hence the
 default of 2. Each stage's output goes to outputs/repro/STAGE.log; the terminal gets one line per stage started,
 with how many are done, the time so far and an estimate of the time left: a stage's expected time is the mean of
-the stages of its family (train, evaluate, ...) finished in this sitting, else the family's estimate below,
-divided among the jobs.
+the stages of its family (train, evaluate, ...) recorded at as many at once, else the family's estimate below,
+divided among the jobs. The record is metrics/repro.json, committed with dvc.lock: every stage's seconds (those of
+its interrupted attempts included) and, summed over the sittings that ran the study, its from-scratch time.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import platform
 import re
 import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from linebridge.core.config import RUN_NAME, UserError, repo_root
+from linebridge.core.io import write_json
 
 # Seconds a stage of each family takes on the developers' 2-core machine, one at a time, before this sitting has
 # timed one. train: a BBDM run stopped by the convergence rule (25–40 epochs; two at once, the method's runs took
@@ -44,6 +49,9 @@ DEFAULT_GUESS = 30.0
 JOBS = 2  # stages at once by default: the measured best on 2 cores (module docstring) ...
 AT_ONCE_GAIN = 1.33  # ... and the trainings an hour it gains over one at a time
 LOG_DIR = "outputs/repro"
+# Each stage's seconds as `make repro` ran it (committed with dvc.lock): the ETA's first guesses, and the study's
+# from-scratch time summed over the sittings that ran it.
+RECORD = "metrics/repro.json"
 ROUNDS = 3  # passes over the pending stages: a stage run again for missing outputs may change what reads them
 
 
@@ -153,9 +161,29 @@ def pending(dvc: str) -> dict[str, set[str]]:
     return {stage: before[stage] & set(stages) for stage in stages}
 
 
+def read_record(root: Path) -> dict[str, Any]:
+    path = root / RECORD
+    return json.loads(path.read_text()) if path.exists() else {"stages": {}}
+
+
+def recorded_times(record: dict[str, Any], jobs: int) -> dict[str, list[float]]:
+    """Family → the recorded seconds of its stages that ran `jobs` at once."""
+    took: dict[str, list[float]] = {}
+    for stage, entry in record["stages"].items():
+        if "seconds" in entry and entry.get("at_once") == jobs:
+            took.setdefault(family(stage), []).append(entry["seconds"])
+    return took
+
+
+def from_scratch(record: dict[str, Any]) -> float:
+    """The study's wall time from scratch: each stage's seconds over the stages it shared the machine with."""
+    return sum(e["seconds"] / e.get("at_once", 1) for e in record["stages"].values() if "seconds" in e)
+
+
 def eta(stages: list[str], took: dict[str, list[float]], jobs: int = 1) -> float:
-    """Seconds the `stages` still to run should take, `jobs` at once: the mean time of each family's stages finished
-    in this sitting (at as many at once), else its first guess stretched by sharing the machine."""
+    """Seconds the `stages` still to run should take, `jobs` at once: the mean time of each family's stages
+    recorded at as many at once (this sitting's and those in metrics/repro.json), else its first guess stretched by
+    sharing the machine."""
     shared = jobs / AT_ONCE_GAIN if jobs > 1 else 1.0  # a stage's time beside others per second alone
     total = 0.0
     for stage in stages:
@@ -197,7 +225,8 @@ class Scheduler:
         self.dvc, self.waits, self.jobs, self.env = dvc, waits, jobs, env
         self.todo, self.done, self.failed = list(waits), set(), []
         self.running: dict[str, tuple[subprocess.Popen, float, Path]] = {}
-        self.took: dict[str, list[float]] = {}
+        self.record = read_record(repo_root())
+        self.took = recorded_times(self.record, jobs)
         self.logs = repo_root() / LOG_DIR
         self.start_time = time.perf_counter()
 
@@ -240,19 +269,36 @@ class Scheduler:
             del self.running[stage]
             if proc.returncode == 0:
                 self.done.add(stage)
-                self.took.setdefault(family(stage), []).append(time.perf_counter() - t0)
-                print(f"    {stage} done in {clock(time.perf_counter() - t0)}", flush=True)
+                seconds = self.note(stage, time.perf_counter() - t0, finished=True)
+                self.took.setdefault(family(stage), []).append(seconds)
+                print(f"    {stage} done in {clock(seconds)}", flush=True)
             else:
                 self.failed.append(stage)
                 tail = log.read_text(errors="replace").strip().splitlines()[-15:]
                 print(f"{stage} failed (exit {proc.returncode}); last lines of {log}:", *tail, sep="\n  ", flush=True)
 
+    def note(self, stage: str, seconds: float, finished: bool) -> float:
+        """Record a stage's seconds in metrics/repro.json: those of a finished stage (with any earlier attempts that
+        were interrupted, since a stage resumes where they stopped), or those of an interrupted attempt."""
+        entry = self.record["stages"].setdefault(stage, {})
+        spent = seconds + entry.pop("interrupted_s", 0.0)
+        if finished:
+            entry.clear()
+            entry.update(seconds=round(spent, 1), at_once=self.jobs, threads=int(self.env["OMP_NUM_THREADS"]))
+            entry.update(host=platform.node(), date=datetime.date.today().isoformat())
+        else:
+            entry["interrupted_s"] = round(spent, 1)
+        self.record["from_scratch_s"] = round(from_scratch(self.record), 1)
+        write_json(repo_root() / RECORD, self.record)
+        return spent
+
     def stop(self) -> int:
         """Ctrl-C or `kill`: interrupt the stages in progress (each resumes next time) and wait for them."""
         for proc, _, _ in self.running.values():
             os.killpg(proc.pid, signal.SIGINT)  # DVC and the stage's command, as Ctrl-C in a terminal would
-        for proc, _, _ in self.running.values():
+        for stage, (proc, t0, _) in self.running.items():
             proc.wait()
+            self.note(stage, time.perf_counter() - t0, finished=False)
         stopped = ", ".join(self.running) or "no stage"
         print(f"interrupted: {stopped} stopped, {len(self.done)} stages recorded; run again to go on", flush=True)
         return 130
