@@ -101,7 +101,7 @@ def summarise(out: Path, cfg: dict[str, Any], data: dict[str, Any], at: int | No
         "rule_holds": stop is not None and epoch >= stop,
         "val_loss_fall_last_quarter": None if value is None else round(value, 4),
         "val_loss": rows[epoch - 1]["val_loss"],
-        "quality": {k: round(v, 4) for k, v in quality.items()},
+        "quality": rounded(quality),
     }
 
 
