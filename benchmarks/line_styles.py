@@ -13,6 +13,10 @@ its family (`data.styles.PROTOCOL_FAMILY`).
     python benchmarks/line_styles.py --runs none=outputs/explore/cos24 all=outputs/explore/cos24sty \\
         --out metrics/line-styles/val.json
 
+`--split test` scores the same way on the study's test items (every item `linebridge evaluate` scores) into
+metrics/line-styles/test.json: for the report only, never to choose. It gives the models trained outside the study
+(the recipe before line-style augmentation, each family left out) numbers beside the study's own on the test split.
+
 Resumable: a model already in the JSON is not scored again (`--again` re-scores).
 """
 
@@ -57,26 +61,31 @@ def score(name: str, colorizer, data: dict[str, dict[str, Any]], seed: int) -> d
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", required=True, help="NAME=TRAINING_FOLDER (its last.pt is scored)")
-    parser.add_argument("--val-items", type=int, default=160, help="validation items per protocol")
-    parser.add_argument("--out", default="metrics/line-styles/val.json")
+    parser.add_argument(
+        "--split", choices=["val", "test"], default="val", help="val (to choose) or test (to report; every item)"
+    )
+    parser.add_argument("--val-items", type=int, default=160, help="validation items per protocol (--split val)")
+    parser.add_argument("--out", help="default: metrics/line-styles/SPLIT.json")
     parser.add_argument("--again", action="store_true", help="re-score models already in the JSON")
     args = parser.parse_args()
     root = repo_root()
     cfg = load_config(declared_method())
-    out = root / args.out
+    out = root / (args.out or f"metrics/line-styles/{args.split}.json")
+    items = args.val_items if args.split == "val" else 0  # 0: every item the study's evaluation scores
     record = (
         json.loads(out.read_text())
         if out.exists()
-        else {"split": "val", "val_items": args.val_items, "sampler": cfg["eval"], "models": {}}
+        else {"split": args.split, "items": items, "sampler": cfg["eval"], "models": {}}
     )
-    if (record["val_items"], record["sampler"]) != (args.val_items, cfg["eval"]):
+    if (record["split"], record["items"], record["sampler"]) != (args.split, items, cfg["eval"]):
         raise UserError(
-            f"{out} was scored on {record['val_items']} items with sampler {record['sampler']}; this call would "
-            f"use {args.val_items} and {cfg['eval']}: pass --val-items {record['val_items']} or another --out"
+            f"{out} was scored on the {record['split']} split, {record['items'] or 'every'} items per protocol, with "
+            f"sampler {record['sampler']}; this call would use {args.split}, {items or 'every'} and {cfg['eval']}: "
+            "match them or pass another --out"
         )
     prepared = root / cfg["data"]["prepared_dir"]
     names = [f"{p}{s}" for s in ("", *(f"-{x}" for x in STYLE_PROTOCOLS)) for p in ("self", "cross_gt")]
-    data = {n: load_protocol(prepared, n, cfg["eval"]["max_per_group"], args.val_items, split="val") for n in names}
+    data = {n: load_protocol(prepared, n, cfg["eval"]["max_per_group"], items, split=args.split) for n in names}
     if "copy-reference" not in record["models"] or args.again:
         record["models"]["copy-reference"] = {"scores": score("copy-reference", None, data, cfg["seed"])}
     for spec in args.runs:
