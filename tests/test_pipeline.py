@@ -68,10 +68,10 @@ def test_report_has_every_row_and_column(study):
         "## Pre-declared questions",
         "### Null control",
         "## Secondary metrics",
-        "## Targets for the full method",
+        "## Targets for the method",
         "## Convergence",
         "## Learning efficiency",
-        "## Unseen line styles",
+        "## Other line styles",
         "## Sampler choice",
         "## Attribution",
     ):

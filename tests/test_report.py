@@ -164,6 +164,7 @@ def test_a_null_pair_that_is_identical_holds(tree):
     text, errors = build_report(tree, groups=lookup)
     assert errors == []
     assert "Holds: A1 seeds 2, 3 − seeds 0, 1 on cross_gt ΔE00 tone↓: +0.00 [-2.98, +2.98], p = 1.00" in text
+    assert re.search(r"\(Behrens–Fisher; minimum df: p = 1\.00 \(df \d+\)\)", text)  # its few df, printed
     assert "NULL CONTROL FAILED" not in text
 
 
@@ -232,10 +233,23 @@ def test_convergence_table_and_old_history_files(tree):
     lines = convergence_section(tree, STUDY, 0.02, 2)
     row = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ")}
     assert row["A0-s0"] == "| A0-s0 | 500 | 5 | 5 | 0.2 % | yes | rule | 10.0 |"
-    assert row["A1-s0"] == "| A1-s0 | 400 | 4 | 4 | 1.0 % | no | cap | 10.0 |"
-    assert row["A3-s0"] == "| A3-s0 | 400 | 4 | 4 | 10.0 % | no | cap | 10.0 |"
+    assert row["A1-s0"] == "| A1-s0 | 400 | 4 | 4 | 1.0 % | no | **cap (4)** | 10.0 |"
+    assert row["A3-s0"] == "| A3-s0 | 400 | 4 | 4 | 10.0 % | no | **cap (4)** | 10.0 |"
     assert row["A4-s0"] == "| A4-s0 | 200 | 2 | — | 10.0 % | no | — | — |"
     assert row["A4-s1"] == "| A4-s1 | not run | | | | | | |"
+    capped = "Not every run converged by the rule: A3-s0 (4 epochs) and A1-s0 (4 epochs) ran to the cap without it."
+    assert f"**{capped}**" in lines
+    text, _ = build_report(tree, groups=lookup)
+    assert capped in headline_block(text)  # the summary says it too
+
+
+def test_a_runs_own_converged_flag_decides_what_stopped_it(tree):
+    """The training summary's `converged` is the rule as the run applied it; the history decides only without it."""
+    write_training(tree, "A0-s0", [1.0, 0.8, 0.5, 0.495, 0.494])  # the history alone would read as converged
+    summary = json.loads((tree / "metrics" / "train" / "A0-s0.json").read_text())
+    (tree / "metrics" / "train" / "A0-s0.json").write_text(json.dumps(summary | {"converged": False}))
+    row = [line for line in convergence_section(tree, STUDY, 0.02, 2) if line.startswith("| A0-s0 |")]
+    assert row[0].endswith("| **cap (5)** | 10.0 |")
 
 
 def test_sweep_choice_and_targets(tree):
@@ -260,7 +274,7 @@ def test_sweep_choice_and_targets(tree):
     assert "**not the study's sampler**" in text
     (tree / "metrics" / "eval" / "pix2pix" / "cross_gt.json").unlink()  # the run a target compares with: missing
     rows = target_rows(tree, STUDY, arm_runs(STUDY))
-    targets = {line.split("|")[1].strip(): line for line in targets_section(rows, "A3")}
+    targets = {line.split("|")[1].strip(): line for line in targets_section(rows, "A3") if line.startswith("|")}
     a3_psnr = np.mean([values("A3", s, "self", "psnr").mean() for s in (0, 1, 2)])  # ≈ 20 − 3 + 0.3
     assert targets["self PSNR ≥ 23"].endswith(f"| missed by {23 - a3_psnr:.2f} |")
     assert targets["cross_gt ΔE00 tone ≤ 12"].endswith("| met |")  # ≈ 12 − 3 + 0.3
@@ -304,9 +318,12 @@ def test_method_targets_and_descriptions_come_from_params_and_experiments(tree):
     experiment["description"] = "a synthetic arm described only here"
     (tree / "experiments" / "A4.yaml").write_text(yaml.safe_dump(experiment))
     text, _ = build_report(tree, groups=lookup)
-    assert "## Targets for the full method (A4)" in text and "| target | A4 (seed mean) | threshold | result |" in text
+    assert "## Targets for the method (A4)" in text and "| target | A4 (seed mean) | threshold | result |" in text
+    assert "A4 = a synthetic arm described only here (**the method this study proposes**, `study.method`)" in text
+    assert "**The method**: A4 (`study.method` in `params.yaml`), declared before this study ran." in text
+    assert "this study's test drawings and training seeds were used by no choice" in text
+    assert "What each shows (seed means): A3 reproduces its own reference best" in text
     assert "| self tint ≤ 0.25 × copy-lineart's |" in text
-    assert "A4 = a synthetic arm described only here;" in text
     assert "- Cross-reference colour transfer: A4 tone-region ΔE00" in text and " vs A3 " in text
 
 
@@ -389,3 +406,34 @@ def test_not_significant_reads_within_margin_or_inconclusive(tree):
     set_study(tree, primary=narrow_study["primary"])
     text, _ = build_report(tree, groups=lookup)
     assert "**inconclusive**" in text
+
+
+def test_does_it_learn_rests_on_the_declared_test(tree):
+    """The transfer check quotes the primary question of the method against the reference arm, and follows it."""
+    text, _ = build_report(tree, groups=lookup)
+    line = next(x for x in text.splitlines() if x.startswith("- Cross-reference colour transfer:"))
+    assert "the test: A3 − A0, cross_gt ΔE00 tone↓: " in line and line.endswith("→ **A3 lower (transfers colour)**.")
+    set_study(tree, primary=STUDY["primary"][1:])  # no question tests it: the seed means alone, said so
+    text, _ = build_report(tree, groups=lookup)
+    assert "(seed means; no primary question tests it) → **A3 lower (transfers colour)**." in text
+
+
+def test_models_outside_the_study_show_each_style_with_unseen_ones_in_italics(tree):
+    scores = {"tone": 10.0, "slope": 0.8, "interior": 8.0}
+    record = {
+        "split": "test",
+        "items": 0,
+        "models": {
+            "before": {
+                "line_styles": {"share": 0.0, "families": ["width"]},
+                "seen": {"thick": False, "filled": False, "extracted": False},
+                "scores": {"in style": scores | {"psnr": 26.0}, "thick": scores | {"tone": 15.0}}
+                | {"filled": scores, "extracted": scores},
+            }
+        },
+    }
+    (tree / "metrics" / "line-styles").mkdir(parents=True)
+    (tree / "metrics" / "line-styles" / "test.json").write_text(json.dumps(record))
+    text, _ = build_report(tree, groups=lookup)
+    assert "`metrics/line-styles/test.json` (test split, every item of each protocol" in text
+    assert "| before | none | 26.00 | 10.00 / 0.800 / 8.00 | *15.00 (1.50×) / 0.800 / 8.00 (1.00×)* |" in text

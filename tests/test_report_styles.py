@@ -173,7 +173,7 @@ def test_seen_and_unseen_come_from_each_arms_training_config(styled):
 
 def test_the_report_has_the_section_after_the_protocol_tables(styled):
     text, _ = build_report(styled, groups=lookup)
-    start = text.index("## Unseen line styles")
+    start = text.index("## Other line styles")
     assert text.index("## All metrics by protocol") < start < text.index("## Convergence")
     assert "| A3 | 3/3 | 8.00 | 9.00 | 1.12× | 11.00 | 1.38× | 9.60 | 1.20× |" in text
     assert "| A0 | 0/3 |" in text and "| not run | not run | not run | not run | not run | not run |" in text

@@ -23,7 +23,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("evaluate", "linebridge.evaluation.evaluate", "sample the fixed test protocols and compute metrics"),
     ("colorize", "linebridge.colorize", "colorize your own line art with a trained checkpoint"),
     ("demo", "linebridge.demo", "try the checkpoints in the browser: upload or pick line art, watch the bridge's path"),
-    ("tune", "linebridge.tuning.study", "Optuna study of lambda_edge and TPS strength for the full method (A3)"),
+    ("tune", "linebridge.tuning.study", "Optuna study of lambda_edge and TPS strength for the declared method"),
     ("objectives", "linebridge.objectives", "train A3 under each bridge objective (grad, noise, ysubx) and compare"),
     ("power", "linebridge.evaluation.power", "size and power of the contrast test at a design, by simulation"),
     ("report", "linebridge.report", "write reports/ablation.md from the evaluated runs"),

@@ -12,6 +12,7 @@ from linebridge.core.io import write_atomic
 from linebridge.core.tracking import git_commit
 from linebridge.data.splits import GRID_ITEMS
 from linebridge.report.contrasts import (
+    direction,
     null_section,
     power_section,
     primary_contrasts,
@@ -19,6 +20,7 @@ from linebridge.report.contrasts import (
     question_line,
     questions_summary,
     secondary_section,
+    verdict_word,
 )
 from linebridge.report.failures import FIGURE, PAGE, failure_cases, failures_link, failures_page, row_labels
 from linebridge.report.figures import failures_figure, figures
@@ -28,12 +30,16 @@ from linebridge.report.side import objectives_section, sweep_section, tune_secti
 from linebridge.report.study import arm_runs, arm_seeds, load_study
 from linebridge.report.styles import style_section
 from linebridge.report.tables import arm_descriptions, arm_table, protocol_tables
-from linebridge.report.targets import target_lines, target_rows, target_summary, targets_section, truth_checks
-from linebridge.report.training import (
-    convergence_section,
-    efficiency_section,
-    training_table,
+from linebridge.report.targets import (
+    TRANSFER,
+    method_lines,
+    target_lines,
+    target_rows,
+    target_summary,
+    targets_section,
+    truth_checks,
 )
+from linebridge.report.training import capped_text, convergence_section, efficiency_section, training_table
 
 # The headline block sits between these lines; README.md carries a copy of it (tests/test_report.py compares them).
 HEADLINE_START = "<!-- headline:start -->"
@@ -46,23 +52,33 @@ def headline_block(text: str) -> str | None:
     return text[start : end + len(HEADLINE_END)] if 0 <= start < end else None
 
 
-def summary(study: dict[str, Any], targets: list[dict], primary: list[dict]) -> str:
+def summary(study: dict[str, Any], targets: list[dict], primary: list[dict], caveats: list[str]) -> str:
     """The report's opening sentences, from the results: how many targets the method met (each missed one by how
-    much) and each primary question's verdict."""
-    return f"**Summary.** {target_summary(targets, study['method'])} {questions_summary(primary, study['alpha'])}"
+    much), each primary question's verdict, and what weakens them (a null control that failed, runs at the cap)."""
+    text = f"**Summary.** {target_summary(targets, study['method'])} {questions_summary(primary, study['alpha'])}"
+    return " ".join([text, *caveats])
 
 
-def headline(cfg: dict[str, Any], study: dict[str, Any], targets: list[dict], primary: list[dict]) -> list[str]:
+def evaluated_seeds(root: Path, study: dict[str, Any], arm: str) -> str:
+    """'seeds 0, 1, 2, 3', or 'seeds 0, 1 (2 of the 4 planned evaluated)' while the study is part-way."""
+    seeds = arm_seeds(study)[arm]
+    done = [s for s in seeds if (root / "metrics" / "eval" / f"{arm}-s{s}" / "self.json").exists()]
+    text = f"seeds {', '.join(map(str, done)) or 'none'}"
+    return text if len(done) == len(seeds) else f"{text} ({len(done)} of the {len(seeds)} planned evaluated)"
+
+
+def headline(
+    root: Path, cfg: dict[str, Any], study: dict[str, Any], targets: list[dict], primary: list[dict], caveats: list[str]
+) -> list[str]:
     """The numbers a reader wants first: the summary sentences, then the method's targets (seed means) and each
     primary question's verdict one per line."""
     method = study["method"]
-    seeds = ", ".join(map(str, arm_seeds(study)[method]))
     return [
         HEADLINE_START,
-        summary(study, targets, primary),
+        summary(study, targets, primary, caveats),
         "",
-        f"**Targets** of the full method {method}, mean over its seeds {seeds} (test split, profile "
-        f"`{cfg['profile']}`):",
+        f"**Targets** of the method {method} (`study.method`), mean over its {evaluated_seeds(root, study, method)} "
+        f"(test split, profile `{cfg['profile']}`):",
         "",
         *target_lines(targets),
         "",
@@ -148,15 +164,21 @@ def build_report(root: Path, groups: GroupLookup | None = None) -> tuple[str, li
     null_lines, null_error = null_section(root, study, groups)
     tables, reasons = protocol_tables(root, runs)
     targets = target_rows(root, study, runs)
+    gain, min_epochs = cfg["train"]["convergence_gain"], cfg["train"]["min_epochs"]
+    caveats = [c for c in (capped_text(root, study_runs(study), gain, min_epochs), null_error) if c]
+    if null_error:
+        caveats[-1] = f"**{null_error[0].upper()}{null_error[1:]}**: the verdicts above cannot be trusted as stated."
     lines = [
         "# linebridge — ablation report",
         "",
-        *headline(cfg, study, targets, primary),
+        *headline(root, cfg, study, targets, primary, caveats),
         "",
         *samples_section(made["samples"]),
         failures_link(cases),
         "",
         *header(root, cfg, study, info),
+        "",
+        *method_lines(root, study, runs),
         "",
         "## Pre-declared questions",
         "",
@@ -168,7 +190,7 @@ def build_report(root: Path, groups: GroupLookup | None = None) -> tuple[str, li
         "",
         "### Size and power of the test at this design",
         "",
-        *power_section(root),
+        *power_section(root, study),
         "",
         "## Secondary metrics (no verdict)",
         "",
@@ -180,13 +202,13 @@ def build_report(root: Path, groups: GroupLookup | None = None) -> tuple[str, li
         "",
         *arm_table(root, runs),
         "",
-        f"## Targets for the full method ({study['method']})",
+        f"## Targets for the method ({study['method']})",
         "",
         *targets_section(targets, study["method"]),
         "",
         "## Does it learn? (checked automatically)",
         "",
-        *truth_checks(root, study, runs),
+        *truth_checks(root, study, runs, transfer_test(study, primary)),
         "",
         "## All metrics by protocol",
         "",
@@ -195,13 +217,13 @@ def build_report(root: Path, groups: GroupLookup | None = None) -> tuple[str, li
     if reasons:
         lines += ["¹ Unavailable metrics:", ""] + [f"- {LABELS[k]}: {v}" for k, v in sorted(reasons.items())] + [""]
     lines += definitions() + [
-        "## Unseen line styles",
+        "## Other line styles",
         "",
         *style_section(root, study, runs),
         "",
         "## Convergence",
         "",
-        *convergence_section(root, study, cfg["train"]["convergence_gain"], cfg["train"]["min_epochs"]),
+        *convergence_section(root, study, gain, min_epochs),
         "",
         "## Learning efficiency (time to convergence)",
         "",
@@ -229,6 +251,16 @@ def build_report(root: Path, groups: GroupLookup | None = None) -> tuple[str, li
         *closing(),
     ]
     return "\n".join(lines), [null_error] if null_error else []
+
+
+def transfer_test(study: dict[str, Any], primary: list[dict]) -> tuple[str, bool] | None:
+    """The primary question of the method against the reference arm on colour transfer: its line and whether it
+    found the method significantly better; None when no such question is declared."""
+    for row in primary:
+        if (row["a"], row["b"], row["metric"]) == (study["reference_arm"], study["method"], TRANSFER):
+            better = "reason" not in row and verdict_word(row) == "significant" and direction(row)[0] == "better"
+            return question_line(row), better
+    return None
 
 
 def definitions() -> list[str]:

@@ -300,8 +300,9 @@ def null_section(root: Path, study: dict[str, Any], groups: GroupLookup) -> tupl
     halves share no seed). Same config, same data: there is no effect to find. Lines and an error or None.
 
     If it finds a difference (p < alpha) or cannot run, the contrasts above are not trustworthy, so the error goes
-    back to `main`, which fails the stage. With two seeds a half it has few degrees of freedom, printed beside it;
-    the size-and-power table is the null control with power to fail.
+    back to `main`, which fails the stage. It is tested under study.verdict_reference; with two seeds a half it has
+    few degrees of freedom, printed from the minimum-df reference beside it. The size rows of the size-and-power
+    table check the paired test's calibration at this design.
     """
     spec = study.get("null_control")
     if not spec:
@@ -319,10 +320,16 @@ def null_section(root: Path, study: dict[str, Any], groups: GroupLookup) -> tupl
     except NotRun as err:
         msg = f"the null control {title} cannot run: {err}"
         return [f"**NULL CONTROL NOT RUN — {msg}.** The contrasts above are unchecked."], msg
-    res = null_control(xa, xb, g, paired=False, alpha=study["alpha"], ref_groups=refs)
+    chosen = study["verdict_reference"]
+    res = null_control(xa, xb, g, paired=False, alpha=study["alpha"], ref_groups=refs, method=chosen)
+    # Behrens–Fisher has no single df; the minimum-df reference's is the one that shows how little there is.
+    df = null_control(xa, xb, g, paired=False, alpha=study["alpha"], ref_groups=refs, method="min_df", n_boot=0)
     row = {"a": arm, "b": arm, "metric": metric, "seeds": second, "result": res}
     name = metric.split(".")[1]
-    numbers = f"{title}: {effect_ci(res, name)}, p = {_p_df(res)}, {units(row)}"
+    numbers = (
+        f"{title}: {effect_ci(res, name)}, p = {_p_df(res)} ({REFERENCES[chosen]}; minimum df: p = {_p_df(df)}), "
+        f"{units(row)}"
+    )
     if res["holds"]:
         return [f"Holds: {numbers}. No difference at α = {study['alpha']}, as there should be none."], None
     msg = f"the null control FAILED: {numbers} (p < α = {study['alpha']})"
@@ -332,9 +339,13 @@ def null_section(root: Path, study: dict[str, Any], groups: GroupLookup) -> tupl
     ], msg
 
 
-def power_section(root: Path) -> list[str]:
-    """The size-and-power table of this study's own design and noise (metrics/power/study.json, the power stage):
-    the null control that can fail — a test whose size is far from α is miscalibrated."""
+def power_section(root: Path, study: dict[str, Any]) -> list[str]:
+    """The size-and-power table of this study's own design and noise (metrics/power/study.json, the power stage).
+
+    Its size rows check the paired test's calibration at this design (a size far from α makes every verdict
+    suspect); its power rows say what a null verdict can mean. Each question names the seed count it actually has.
+    """
+    seeds_of = arm_seeds(study)
     record = read_json(root / "metrics" / "power" / "study.json")
     if record is None:
         return ["Not run: no metrics/power/study.json (`linebridge power --out metrics/power/study.json`)."]
@@ -358,5 +369,8 @@ def power_section(root: Path) -> list[str]:
             f"{q['design']['reference_drawings']} reference drawings.",
             "",
             markdown(q["rows"]),
+            "",
+            f"This study pairs {len(set(seeds_of.get(q['a'], [])) & set(seeds_of.get(q['b'], [])))} seeds for "
+            "this question: read the rows with that many seeds.",
         ]
     return lines

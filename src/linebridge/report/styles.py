@@ -1,4 +1,4 @@
-"""Unseen line styles: every arm scored on the test items with their line art re-drawn, and the method's checks.
+"""Other line styles: every arm scored on the test items with their line art re-drawn, and the method's checks.
 
 The evaluation writes, beside each in-style protocol, `PROTOCOL-STYLE` for each style of
 `linebridge.data.styles.STYLE_PROTOCOLS` (metrics/eval/RUN/cross_gt-thick.json, self-filled.csv, …): the same items,
@@ -16,7 +16,7 @@ import numpy as np
 from linebridge.core.config import ConfigError, load_config
 from linebridge.data.styles import DARK, PROTOCOL_FAMILY, STROKE_SCALE, STYLE_PROTOCOLS, STYLED
 from linebridge.report.fmt import show, table
-from linebridge.report.read import eval_file, read_per_image, seed_summary
+from linebridge.report.read import eval_file, read_json, read_per_image, seed_summary
 from linebridge.report.study import arm_seeds
 
 # In style and in each style on the same pixels: off the lines of the drawing and of every style (`_common`).
@@ -216,14 +216,14 @@ def style_section(root: Path, study: dict[str, Any], runs: dict[str, list[str]])
         "",
         *seen_lines(root, study),
         "",
-        "### Colour transfer on unseen styles (cross_gt ΔE00 tone↓)",
+        "### Colour transfer in each style (cross_gt ΔE00 tone↓)",
         "",
         *table(tone_header, tone_rows),
         "",
         "Seed means; ratio = the style's value / the arm's in-style value (1 = nothing lost); "
         "runs = runs evaluated on every style / planned runs.",
         "",
-        "### Skin lightness and interior colour on unseen styles",
+        "### Skin lightness and interior colour in each style",
         "",
         *table(other_header, other_rows),
         "",
@@ -235,4 +235,62 @@ def style_section(root: Path, study: dict[str, Any], runs: dict[str, list[str]])
         f"### Checks for the method ({study['method']}, seed means)",
         "",
         *method_checks(root, study, runs),
+        "",
+        "### Before line-style augmentation, and each family left out (models outside the study, seed 0)",
+        "",
+        *outside_section(root),
+    ]
+
+
+# Models trained outside the study and scored by benchmarks/line_styles.py, test split first (report only).
+OUTSIDE = ("metrics/line-styles/test.json", "metrics/line-styles/val.json")
+
+
+def outside_cell(scores: dict[str, Any], style: str, unseen: bool) -> str:
+    """'tone (ratio) / slope / interior (ratio)' of one style; italics when the model did not train on its family."""
+    home, x = scores["in style"], scores[style]
+
+    def part(key: str, kind: str) -> str:
+        value = show(x[key], kind)
+        return value if style == "in style" else f"{value} ({cell(ratio(x[key], home[key]), True, 'ratio')})"
+
+    text = f"{part('tone', TONE[1])} / {show(x['slope'], SLOPE)} / {part('interior', INTERIOR[1])}"
+    return f"*{text}*" if unseen else text
+
+
+def outside_section(root: Path) -> list[str]:
+    """The previous recipe (no line-style augmentation) and the leave-one-family-out models, as
+    benchmarks/line_styles.py scored them: one seed each, on the test split where it has been run."""
+    out = []
+    for rel in OUTSIDE:
+        record = read_json(root / rel)
+        if record is None:
+            continue
+        rows = []
+        for name, model in record["models"].items():
+            seen = model.get("seen", {})
+            styles = model.get("line_styles", {})
+            families = ", ".join(styles.get("families", [])) if styles.get("share", 0) > 0 else "none"
+            scores = model["scores"]
+            rows.append(
+                [name, "—" if name == "copy-reference" else families, show(scores["in style"].get("psnr"), "psnr")]
+                + [outside_cell(scores, "in style", False)]
+                + [outside_cell(scores, st, name != "copy-reference" and not seen.get(st)) for st in STYLE_PROTOCOLS]
+            )
+        items = f"{record['items']} items per protocol" if record.get("items") else "every item of each protocol"
+        out += [
+            f"`{rel}` ({record['split']} split, {items}; each model's recipe is in the file):",
+            "",
+            *table(["model", "families trained on", "self PSNR↑", "in style", *STYLE_PROTOCOLS], rows),
+            "",
+        ]
+    if not out:
+        return ["Not run: `python benchmarks/line_styles.py --split test --runs NAME=FOLDER ...` writes them."]
+    return out + [
+        "Cells: cross_gt tone ΔE00↓ (ratio to in style) / skin-lightness slope↑ / self interior ΔE00↓ (ratio), on the "
+        "same pixels as above; *italics*: a style whose family the model did not train on (unseen). `before-24ep` "
+        "is the recipe before line-style augmentation; the study's arms train with every family "
+        "(`augment.line_styles`), so for them the styles above are seen through their families, drawn by another "
+        "hand (the `thick` protocol is rendered from the SVG, the `width` family by morphology). The models here "
+        "were chosen on the validation split; their test rows are for reading only.",
     ]

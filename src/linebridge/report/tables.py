@@ -41,7 +41,14 @@ ARM_COLUMNS = [
 
 def arm_descriptions(root: Path, study: dict[str, Any], runs: dict[str, list[str]]) -> str:
     """What each row of the tables is: the experiments' descriptions, then the trivial outputs."""
-    described = "; ".join(f"{arm} = {description(root, arm)}" for arm in runs if arm not in study["trivial"])
+
+    def role(arm: str) -> str:
+        if arm == study["method"]:
+            return " (**the method this study proposes**, `study.method`)"
+        original = "full method" in description(root, arm)
+        return " — the original design's, not the method this study proposes" if original else ""
+
+    described = "; ".join(f"{arm} = {description(root, arm)}{role(arm)}" for arm in runs if arm not in study["trivial"])
     trivial = " / ".join(f"`{name}`" for name in study["trivial"])
     return (
         f"{described}. "

@@ -7,7 +7,7 @@ from typing import Any
 
 from linebridge.core.config import study_runs
 from linebridge.core.runs import CONVERGED_CHECKS, converged_now, convergence_value
-from linebridge.report.fmt import minutes, show, table
+from linebridge.report.fmt import and_list, minutes, show, table
 from linebridge.report.read import read_history, read_json, train_file
 
 
@@ -39,9 +39,11 @@ def convergence_section(root: Path, study: dict[str, Any], gain: float, min_epoc
         rows[-1].append(minutes(training_minutes(summary, history)))
     header = ["run", "steps", "epochs", "best epoch", "val-loss fall, last quarter", "converged", "stopped by"]
     header.append("training minutes")
+    capped = capped_text(root, study_runs(study), gain, min_epochs)
     return [
         *table(header, [[str(c) for c in row] for row in rows]),
         "",
+        *([f"**{capped}**", ""] if capped else []),
         f"Converged: the validation loss fell by less than {100 * gain:g} % of its value over the last quarter of "
         f"the run's steps (from the epoch whose step is closest to 75 % of the final step, at least one epoch before "
         f"the last, to the end), at {CONVERGED_CHECKS} epoch ends in a row, not before epoch {min_epochs}. Runs stop "
@@ -50,14 +52,37 @@ def convergence_section(root: Path, study: dict[str, Any], gain: float, min_epoc
 
 
 def stopped_by(summary: dict[str, Any] | None, history: list[dict[str, Any]], gain: float, min_epochs: int) -> str:
-    """What ended a run: the convergence rule, early stopping (patience) or the cap (or a run from before the rule)."""
+    """What ended a run: the convergence rule, early stopping (patience) or the cap, flagged: a run that ran to its
+    cap did not converge by the rule. The summary's own `converged` decides where it has one; the history is read
+    only for runs from before the summaries recorded it."""
     if summary is None:
         return "—"
     if summary.get("stopped_early"):
         return "patience"
-    if summary.get("converged") or converged_now(history, gain, min_epochs):
-        return "rule"
-    return "cap"
+    converged = summary.get("converged")
+    if converged is None:
+        converged = converged_now(history, gain, min_epochs)
+    return "rule" if converged else f"**cap ({summary['epochs_run']})**"
+
+
+def capped_runs(root: Path, names: list[str], gain: float, min_epochs: int) -> list[str]:
+    """The runs that ran to their cap without the rule holding, each as 'RUN (N epochs)'."""
+    out = []
+    for run in names:
+        summary = read_json(train_file(root, run, "json"))
+        if summary is None:
+            continue
+        if stopped_by(summary, read_history(train_file(root, run, "csv")), gain, min_epochs).startswith("**cap"):
+            out.append(f"{run} ({summary['epochs_run']} epochs)")
+    return out
+
+
+def capped_text(root: Path, names: list[str], gain: float, min_epochs: int) -> str:
+    """One sentence on the runs that did not converge by the rule; empty when every trained run did."""
+    capped = capped_runs(root, names, gain, min_epochs)
+    if not capped:
+        return ""
+    return f"Not every run converged by the rule: {and_list(capped)} ran to the cap without it."
 
 
 def training_table(root: Path, names: list[str]) -> list[str]:

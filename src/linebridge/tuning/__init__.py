@@ -1,1 +1,1 @@
-"""The Optuna study of the edge-loss weight and TPS strength of the full method."""
+"""The Optuna study of the edge-loss weight and TPS strength of the declared method (params.yaml study.method)."""

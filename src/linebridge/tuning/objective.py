@@ -71,7 +71,7 @@ class TunePaths:
 class Setup:
     """Everything a worker process needs (picklable for the spawn start method)."""
 
-    cfg: Config  # A3 at the tune budget, before the sampled values
+    cfg: Config  # the declared method at the tune budget, before the sampled values
     tune: Config
     paths: TunePaths
     study_name: str
