@@ -383,6 +383,16 @@ def test_readme_carries_the_committed_reports_headline():
     assert headline_block((REPO / "README.md").read_text()) == report_block
 
 
+def test_the_report_command_copies_its_headline_into_the_readme(tree, monkeypatch):
+    readme = tree / "README.md"
+    readme.write_text(f"# x\n\n{HEADLINE_START}\nold numbers\n{HEADLINE_END}\n\nmore\n")
+    monkeypatch.setenv("DVC_ROOT", str(tree))
+    monkeypatch.setattr(assemble, "prepared_groups", lambda prepared: lookup)
+    main(argparse.Namespace(out="reports/ablation.md"))
+    block = headline_block((tree / "reports" / "ablation.md").read_text())
+    assert readme.read_text() == f"# x\n\n{block}\n\nmore\n"
+
+
 def test_every_table_pads_a_short_row_with_empty_cells():
     assert fmt.table(["a", "b", "c"], [["x", "1", "2"], ["y", "not run"]]) == [
         "| a | b | c |",

@@ -41,7 +41,8 @@ from linebridge.report.targets import (
 )
 from linebridge.report.training import capped_text, convergence_section, efficiency_section, training_table
 
-# The headline block sits between these lines; README.md carries a copy of it (tests/test_report.py compares them).
+# The headline block sits between these lines; README.md carries a copy of it, which `main` updates
+# (tests/test_report.py compares them).
 HEADLINE_START = "<!-- headline:start -->"
 HEADLINE_END = "<!-- headline:end -->"
 
@@ -325,13 +326,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="reports/ablation.md", help="report path (relative to the repository root)")
 
 
+def sync_readme(readme: Path, block: str | None) -> bool:
+    """Put the report's headline block into README.md in place of its own (both between the headline markers), so
+    the README's numbers are the report's; False when either has no block or nothing changed."""
+    text = readme.read_text() if readme.exists() else ""
+    old = headline_block(text)
+    if block is None or old is None or old == block:
+        return False
+    write_atomic(readme, text.replace(old, block))
+    return True
+
+
 def main(args: argparse.Namespace) -> int:
-    """Write the report; exit 1 (after writing it) when the null control failed or could not run."""
+    """Write the report and the README's copy of its headline; exit 1 (after writing them) when the null control
+    failed or could not run."""
     root = repo_root()
     text, errors = build_report(root)
     out = root / args.out
     write_atomic(out, text)
     print(f"wrote {out}")
+    if args.out == "reports/ablation.md" and sync_readme(root / "README.md", headline_block(text)):
+        print(f"updated the headline block of {root / 'README.md'}")
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
     return 1 if errors else 0
