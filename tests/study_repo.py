@@ -49,7 +49,7 @@ def make_study(root: Path, env: dict[str, str], runs: dict[str, str], **study: A
     """The study at the tiny profile with these runs (and `study` keys replaced; None removes one), committed."""
     for name in ("dvc.yaml", "data.dvc", ".gitignore"):
         shutil.copy(REPO / name, root / name)
-    for folder in ("experiments", "tuned", "metrics/sweep", "metrics/line-styles"):  # committed records the report reads
+    for folder in ("experiments", "tuned", "metrics/sweep", "metrics/line-styles"):  # records the report reads
         shutil.copytree(REPO / folder, root / folder)
     # `make tune`'s, `make objectives`' and benchmarks/convergence.py's committed results
     for name in ("tune.json", "objectives.json", "convergence.json"):
