@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from linebridge.core.config import MODEL_CARD, RELEASED, load_config, repo_root, study_runs
+from linebridge.core.config import MODEL_CARD, RELEASED, load_config, repo_root, run_name, study_runs
 from linebridge.core.io import write_atomic
 from linebridge.core.tracking import git_commit
 from linebridge.data.splits import GRID_ITEMS
@@ -25,7 +25,7 @@ from linebridge.report.contrasts import (
 from linebridge.report.failures import FIGURE, PAGE, failure_cases, failures_link, failures_page, row_labels
 from linebridge.report.figures import failures_figure, figures
 from linebridge.report.fmt import LABELS
-from linebridge.report.read import GroupLookup, prepared_groups, read_json
+from linebridge.report.read import GroupLookup, eval_file, prepared_groups, read_json
 from linebridge.report.side import objectives_section, sweep_section, tune_section
 from linebridge.report.study import arm_runs, arm_seeds, load_study
 from linebridge.report.styles import style_section
@@ -63,7 +63,7 @@ def summary(study: dict[str, Any], targets: list[dict], primary: list[dict], cav
 def evaluated_seeds(root: Path, study: dict[str, Any], arm: str) -> str:
     """'seeds 0, 1, 2, 3', or 'seeds 0, 1 (2 of the 4 planned evaluated)' while the study is part-way."""
     seeds = arm_seeds(study)[arm]
-    done = [s for s in seeds if (root / "metrics" / "eval" / f"{arm}-s{s}" / "self.json").exists()]
+    done = [s for s in seeds if eval_file(root, run_name(arm, s), "self").exists()]
     text = f"seeds {', '.join(map(str, done)) or 'none'}"
     return text if len(done) == len(seeds) else f"{text} ({len(done)} of the {len(seeds)} planned evaluated)"
 
