@@ -139,9 +139,10 @@ def dvc_repo(root: Path, seconds: int = 3) -> Path:
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     subprocess.run([dvc, "init", "-q"], cwd=root, check=True)
     (root / "params.yaml").write_text("x: 1\n")
-    # each stage notes when its command starts and ends (X.start, X.end), then writes its output
+    # each stage notes when its command starts and ends (X.start, X.end), then writes its output; interrupted, it
+    # takes 2 s to stop, as a training saving its checkpoint does
     stage = (
-        f"    cmd: date +%s.%N > {{0}}.start && sleep {seconds} && date +%s.%N > {{0}}.end && echo {{0}} > {{0}}.txt\n"
+        f"    cmd: trap 'sleep 2; exit 130' INT; date +%s.%N > {{0}}.start && sleep {seconds} && date +%s.%N > {{0}}.end && echo {{0}} > {{0}}.txt\n"
     )
     stage += "    outs: [{0}.txt]\n"
     (root / "dvc.yaml").write_text(
@@ -184,6 +185,8 @@ def test_killed_it_stops_its_stages_and_goes_on_next_time(tmp_path):
     while not ((root / "a.start").exists() and (root / "b.start").exists()) and time.time() < deadline:
         time.sleep(0.2)  # until both stages' commands run
     proc.send_signal(signal.SIGTERM)
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)  # an impatient second kill while the stages stop must not cut short the recording
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted: a, b stopped" in out, out
     lock = yaml.safe_load((root / "dvc.lock").read_text()) if (root / "dvc.lock").exists() else {}

@@ -294,6 +294,9 @@ class Scheduler:
 
     def stop(self) -> int:
         """Ctrl-C or `kill`: interrupt the stages in progress (each resumes next time) and wait for them."""
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut short the recording below
+            signal.signal(signum, signal.SIG_IGN)
+        print("stopping the stages in progress and recording their time; this takes up to a minute", flush=True)
         for proc, _, _ in self.running.values():
             os.killpg(proc.pid, signal.SIGINT)  # DVC and the stage's command, as Ctrl-C in a terminal would
         for stage, (proc, t0, _) in self.running.items():
