@@ -141,9 +141,8 @@ def dvc_repo(root: Path, seconds: int = 3) -> Path:
     (root / "params.yaml").write_text("x: 1\n")
     # each stage notes when its command starts and ends (X.start, X.end), then writes its output; interrupted, it
     # takes 2 s to stop, as a training saving its checkpoint does
-    stage = (
-        f"    cmd: trap 'sleep 2; exit 130' INT; date +%s.%N > {{0}}.start && sleep {seconds} && date +%s.%N > {{0}}.end && echo {{0}} > {{0}}.txt\n"
-    )
+    stage = "    cmd: trap 'sleep 2; exit 130' INT; "
+    stage += f"date +%s.%N > {{0}}.start && sleep {seconds} && date +%s.%N > {{0}}.end && echo {{0}} > {{0}}.txt\n"
     stage += "    outs: [{0}.txt]\n"
     (root / "dvc.yaml").write_text(
         "stages:\n  a:\n"
