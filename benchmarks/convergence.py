@@ -106,9 +106,10 @@ def summarise(out: Path, cfg: dict[str, Any], data: dict[str, Any], at: int | No
 
 
 def load_history(out: Path) -> list[dict[str, Any]]:
+    """A run's epoch rows: `out` is its folder (history.csv in it) or the CSV itself."""
     import csv
 
-    with (out / "history.csv").open() as f:
+    with (out if out.suffix == ".csv" else out / "history.csv").open() as f:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
@@ -231,7 +232,7 @@ def past_stop(root: Path, run: str, times: float, val_items: int, done: dict[str
         tmp.rename(folder)
     extra = [f"train.epochs={longer}", "train.stop_at_convergence=false"]
     train(run, folder, [*sets, *extra], ["--tuned", str(tuned_file)])
-    before, after = load_history(summary.with_suffix(".csv")), load_history(folder / "history.csv")
+    before, after = load_history(summary.with_suffix(".csv")), load_history(folder)
     if after[:stop] != before:
         raise SystemExit(f"{folder} did not go on from the study's run (its first {stop} epochs differ): remove it")
     ran = json.loads((folder / "metrics.json").read_text())
