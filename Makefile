@@ -12,10 +12,10 @@ export DVC_NO_ANALYTICS := 1
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt  # every package at the committed study's version: the same bytes
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,demo,dashboard,controlnet]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,demo,dashboard,controlnet]'
 	touch $(STAMP)
 
 repro: $(STAMP)  # the whole study, stage by stage with progress and an ETA; killed, it goes on where it stopped

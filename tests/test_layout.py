@@ -78,3 +78,23 @@ def test_ruff_lint_and_format():
         paths = ["src", "tests", "benchmarks", "docs", "notebooks"]
         proc = subprocess.run([ruff, *args, *paths], cwd=REPO, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def test_the_environment_is_the_one_the_study_ran_with():
+    """`make setup` installs with constraints.txt: a package at another version (kornia 0.9.2's TPS warp, say) gives
+    other prepared bytes, and a fresh clone's study would no longer be up to date."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import Requirement
+
+    pins = [Requirement(line) for line in (REPO / "constraints.txt").read_text().splitlines() if "==" in line]
+    assert any(pin.name == "kornia" for pin in pins) and any(pin.name == "torch" for pin in pins)
+    wrong = []
+    for pin in pins:
+        try:
+            installed = version(pin.name)
+        except PackageNotFoundError:
+            installed = "not installed"
+        if installed not in pin.specifier:
+            wrong.append(f"{pin.name}: {installed}, constraints.txt says {pin.specifier}")
+    assert not wrong, "run `make clean-venv setup`: " + "; ".join(wrong)
