@@ -70,6 +70,7 @@ BEFORE = [
     "train.stop_at_convergence=false",
     "model.heads=8",
     "model.dim_head=32",
+    "augment.line_styles.share=0",  # line-style augmentation came after that study
 ]
 RECIPES = {"before": BEFORE, "after": []}
 GANS = ("pix2pix", "scft")
