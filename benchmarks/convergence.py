@@ -88,7 +88,7 @@ def summarise(out: Path, cfg: dict[str, Any], data: dict[str, Any], at: int | No
     """The run in `out` where it stops (`after`: the rule or the cap; `before`: its last epoch) or at epoch `at`."""
     tc = cfg["train"]
     walls = json.loads((out / "metrics.json").read_text())["epoch_wall_s"]
-    rows = load_history(out)
+    rows = load_history(out / "history.csv")
     stop = converged_at(rows, tc["convergence_gain"], tc["min_epochs"])
     epoch = at or (stop if tc["stop_at_convergence"] and stop else None) or min(len(rows), tc["epochs"])
     value = convergence_value(rows[:epoch])
@@ -106,11 +106,11 @@ def summarise(out: Path, cfg: dict[str, Any], data: dict[str, Any], at: int | No
     }
 
 
-def load_history(out: Path) -> list[dict[str, Any]]:
-    """A run's epoch rows: `out` is its folder (history.csv in it) or the CSV itself."""
+def load_history(csv_file: Path) -> list[dict[str, Any]]:
+    """A run's epoch rows (its history.csv, or the study's metrics/train/RUN.csv)."""
     import csv
 
-    with (out if out.suffix == ".csv" else out / "history.csv").open() as f:
+    with csv_file.open() as f:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
@@ -233,7 +233,7 @@ def past_stop(root: Path, run: str, times: float, val_items: int, done: dict[str
         tmp.rename(folder)
     extra = [f"train.epochs={longer}", "train.stop_at_convergence=false"]
     train(run, folder, [*sets, *extra], ["--tuned", str(tuned_file)])
-    before, after = load_history(summary.with_suffix(".csv")), load_history(folder)
+    before, after = load_history(summary.with_suffix(".csv")), load_history(folder / "history.csv")
     if after[:stop] != before:
         raise SystemExit(f"{folder} did not go on from the study's run (its first {stop} epochs differ): remove it")
     ran = json.loads((folder / "metrics.json").read_text())
