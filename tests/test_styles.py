@@ -16,12 +16,19 @@ def page(size: int = 9) -> torch.Tensor:
     return torch.full((1, 1, size, size), WHITE)
 
 
-def test_thicken_grows_a_one_pixel_stroke_by_k_minus_one():
+def test_thicken_draws_strokes_wider_and_solid():
     line = page()
-    line[..., :, 4] = BLACK  # a vertical stroke one pixel wide
-    assert (thicken := styles.thicken(line, 3))[0, 0, 4].tolist() == [WHITE] * 3 + [BLACK] * 3 + [WHITE] * 3
-    assert (thicken == BLACK).sum() == 3 * 9
-    assert torch.equal(styles.thicken(line, 1), line)
+    line[..., :, 4] = BLACK  # a vertical stroke one pixel wide: its solid core on the fine page is 1.5 px
+    for grow, row in [
+        (0.25, [WHITE] * 3 + [0.0, BLACK, 0.0] + [WHITE] * 3),
+        (0.75, [WHITE] * 3 + [BLACK] * 3 + [WHITE] * 3),
+        (1.0, [WHITE] * 2 + [0.5, BLACK, BLACK, BLACK, 0.5] + [WHITE] * 2),
+    ]:
+        assert styles.thicken(line, grow)[0, 0, 4].tolist() == row  # 1.5 + 2 × grow px of ink, centred
+    grey = page()
+    grey[..., :, 4] = 0.0  # a stroke narrower than a pixel renders grey; wider, it renders black
+    assert styles.thicken(grey, 0.5)[0, 0, 4].tolist() == [WHITE] * 3 + [0.5, BLACK, 0.5] + [WHITE] * 3
+    assert torch.equal(styles.thicken(line, 0.1), line)
 
 
 def test_fill_dark_inks_only_the_dark_colour():
@@ -55,8 +62,8 @@ def test_restyle_off_draws_nothing_and_on_replays_with_the_seed():
     torch.manual_seed(1)
     assert torch.equal(a, styles.restyle(batch, colours, 0.5, ["width"]))
     changed = (a != batch).flatten(1).any(dim=1)
-    assert 16 < changed.sum() < 48  # about half of the pictures, each thickened by 1 or 2 px
-    assert ((a[changed] == BLACK).flatten(1).sum(1) >= 2 * 32).all()
+    assert 16 < changed.sum() < 48  # about half of the pictures, each stroke grown
+    assert (((1 - a[changed]) / 2).flatten(1).sum(1) >= 2 * 32).all()  # at least 2 px of ink across the stroke
 
 
 def test_stroke_scale_multiplies_every_width_and_gives_the_group_a_scaled_default():

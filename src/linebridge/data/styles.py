@@ -3,7 +3,7 @@
 A user's drawing rarely has OpenMoji's thin strokes of one width. Each style *family* is one way line art
 differs, with one transform on batched tensors [B, 1, H, W] in [-1, 1] (dark lines at −1 on white at 1):
 
-    width    strokes thickened (a grey-scale erosion of the page: every dark stroke grows by k − 1 pixels)
+    width    strokes drawn wider and solid, as a renderer draws a wider stroke (grown on a finer page)
     fill     areas whose colour is dark (hair, clothes, shadows) inked black, as many artists fill them
     extract  lines taken from the colour image by XDoG, a weight-free extractor, instead of the artist's
     blur     strokes softened and re-thresholded: thinner, thicker or broken depending on the threshold
@@ -36,6 +36,9 @@ STROKE_SCALE = 2.5  # thick: OpenMoji strokes are 2 units of a 72-unit page, ~0.
 DARK = 0.2  # fill: luminance (0–1) below which an area is inked; OpenMoji's darkest skin tone is 0.31
 XDOG_SIGMA = 0.4  # extracted: XDoG's σ in pixels at 32² (ColourFolder draws it from 0.3–0.5); scaled with the size
 BASE_SIZE = 32  # pixel sizes here (σ, stroke growth) are for 32² images and scale with the image side
+FINE = 4  # width: strokes grow on a page FINE × finer, so in steps of 1/FINE px
+STROKE_LEVEL = 0.3  # width: a fine pixel at least 35 % inked (below 0.3 in [-1, 1]) is stroke
+GROWTHS = (0.25, 0.5, 0.75, 1.0)  # width: px each side at 32²; a 1-px stroke becomes 2–3.5 px (thick: ~2.2 px)
 
 
 def luminance(colour: Tensor) -> Tensor:
@@ -44,13 +47,23 @@ def luminance(colour: Tensor) -> Tensor:
     return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
 
 
-def thicken(line: Tensor, k: int) -> Tensor:
-    """Every dark stroke k − 1 pixels wider: the page's grey-scale erosion with a k × k square."""
-    import kornia
+def thicken(line: Tensor, grow: float) -> Tensor:
+    """Every stroke `grow` pixels wider on each side, and solid, as a renderer draws a wider stroke.
 
-    if k <= 1:
+    At 32² OpenMoji's strokes are narrower than a pixel, so they are grey; growing the grey page by erosion
+    gives wide grey bands, while a wider stroke renders black with anti-aliased edges. So the page is
+    up-sampled FINE × (bilinear), its pixels darker than STROKE_LEVEL taken as stroke, the stroke grown by
+    `grow` px (a max-pool on the fine page) and averaged back to the page's size. `grow` < 1/(2·FINE) px
+    returns the page unchanged.
+    """
+    import torch.nn.functional as F
+
+    r = round(grow * FINE)
+    if r <= 0:
         return line
-    return kornia.morphology.erosion(line, torch.ones(k, k, device=line.device, dtype=line.dtype))
+    fine = F.interpolate(line, scale_factor=FINE, mode="bilinear", align_corners=False)
+    stroke = F.max_pool2d((fine < STROKE_LEVEL).to(line.dtype), 2 * r + 1, stride=1, padding=r)
+    return 1 - 2 * F.avg_pool2d(stroke, FINE)
 
 
 def fill_dark(line: Tensor, colour: Tensor, dark: float = DARK) -> Tensor:
@@ -79,20 +92,20 @@ def restyle(line: Tensor, colour: Tensor, share: float, families: Sequence[str])
     """Training augmentation: each picture, with probability `share`, in one of `families` drawn uniformly.
 
     Every family is computed for the whole batch (cheap at the study's sizes) and each picture picks its own;
-    the strengths are drawn per batch: strokes 1 or 2 px wider, fill threshold in [0.1, 0.25], XDoG σ in
-    [0.3, 0.5] px, blur σ in [0.5, 1] px with a threshold in [−0.5, 0.5] (pixel sizes at 32², scaled with the
-    side). No draw at all when `share` is 0 or `families` is empty, so runs without it keep their random stream.
+    the strengths are drawn per batch: strokes grown by one of GROWTHS px a side, fill threshold in [0.1, 0.25],
+    XDoG σ in [0.3, 0.5] px, blur σ in [0.5, 1] px with a threshold in [−0.5, 0.5] (pixel sizes at 32², scaled
+    with the side). No draw at all when `share` is 0 or `families` is empty: runs without it keep their stream.
     """
     if share <= 0 or not families:
         return line
     n, scale = line.shape[0], line.shape[-1] / BASE_SIZE
     chosen = torch.randint(0, len(families), (n,))
     apply = torch.rand(n) < share
-    k = 1 + round(int(torch.randint(1, 3, ()).item()) * scale)  # 2 or 3 px wider at 32²
+    grow = GROWTHS[int(torch.randint(0, len(GROWTHS), ()).item())] * scale
     dark, sigma = 0.1 + 0.15 * torch.rand(()).item(), 0.3 + 0.2 * torch.rand(()).item()
     blur_sigma, level = (0.5 + 0.5 * torch.rand(()).item()) * scale, torch.rand(()).item() - 0.5
     styled = {
-        "width": lambda: thicken(line, k),
+        "width": lambda: thicken(line, grow),
         "fill": lambda: fill_dark(line, colour, dark),
         "extract": lambda: extract(colour, sigma),
         "blur": lambda: blur_threshold(line, blur_sigma, level),

@@ -291,6 +291,7 @@ def outside_section(root: Path) -> list[str]:
         "same pixels as above; *italics*: a style whose family the model did not train on (unseen). `before-24ep` "
         "is the recipe before line-style augmentation; the study's arms train with every family "
         "(`augment.line_styles`), so for them the styles above are seen through their families, drawn by another "
-        "hand (the `thick` protocol is rendered from the SVG, the `width` family by morphology). The models here "
-        "were chosen on the validation split; their test rows are for reading only.",
+        "hand (the `thick` protocol is rendered from the SVG, the `width` family from the rendered line art: eroded "
+        "grey until commit 1be01e1, drawn solid since). The models here were chosen on the validation split; their "
+        "test rows are for reading only.",
     ]
