@@ -20,17 +20,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor
 
 from linebridge.core.config import load_config
 from linebridge.core.io import write_json
 from linebridge.core.tracking import git_commit
+from linebridge.data.folders import to_float
 from linebridge.data.styles import GROWTHS, thicken
 
 FIGURE_IDS = 8  # pictures in the figure, evenly spaced over the sorted ids
 
 
 def load(path: Path) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 127.5 - 1)[None, None]
+    return to_float(pil_to_tensor(Image.open(path).convert("L")))[None]
 
 
 def erode(line: torch.Tensor, k: int) -> torch.Tensor:
