@@ -22,7 +22,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from linebridge.cli import main as cli_main
 from linebridge.core.config import UserError, load_config
-from linebridge.data.augment import make_reference, warp
+from linebridge.data.augment import make_reference, warp, warp_all
 from linebridge.data.datasets import PreparedOpenMoji, ProtocolDataset, build_dataset
 from linebridge.data.folders import ColourFolder, PairFolder
 from linebridge.data.openmoji import (
@@ -47,7 +47,6 @@ from linebridge.data.prepare import (
     prepare,
     protocol_seeds,
     tone_masks,
-    warp_all,
 )
 from linebridge.data.splits import PROTOCOLS, split_of
 from linebridge.data.styles import STYLE_PROTOCOLS

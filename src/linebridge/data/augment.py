@@ -13,9 +13,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import kornia.augmentation as KA
+import numpy as np
+import torch
 from torch import Tensor
 
 JITTER_KEYS = ("brightness", "contrast", "saturation", "hue")
+WARP_CHUNK = 64  # images per TPS call in `warp_all`; fixed, because the draws depend on it
 
 
 def warp(gt: Tensor, tps_scale: float) -> Tensor:
@@ -29,6 +32,18 @@ def warp(gt: Tensor, tps_scale: float) -> Tensor:
         return gt.clone()
     tps = KA.RandomThinPlateSpline(scale=tps_scale, padding_mode="border", p=1.0)
     return _from01(tps(_to01(gt)))
+
+
+def warp_all(images: list[np.ndarray], tps_scale: float, seed: int) -> list[np.ndarray]:
+    """TPS-warp uint8 RGB images with a private, seeded torch RNG (global state untouched)."""
+    out: list[np.ndarray] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for start in range(0, len(images), WARP_CHUNK):
+            batch = torch.from_numpy(np.stack(images[start : start + WARP_CHUNK])).permute(0, 3, 1, 2)
+            warped = warp(batch.float() / 127.5 - 1.0, tps_scale)
+            out.extend(((warped + 1.0) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy())
+    return out
 
 
 def make_reference(gt: Tensor, use_tps: bool, tps_scale: float, jitter: Mapping[str, float] | None = None) -> Tensor:

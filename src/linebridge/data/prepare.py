@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from linebridge.core.config import Config, ConfigError, UserError, add_config_arguments, load_config, repo_root
 from linebridge.core.io import write_atomic
+from linebridge.data.augment import warp_all
 from linebridge.data.openmoji import (
     SKIN_TONES,
     drawing_groups,
@@ -70,7 +71,6 @@ from linebridge.data.styles import STYLE_PROTOCOLS, restyled
 
 CONTACT_SHEET = Path("reports/figures/data_contact_sheet.png")
 SUMMARY = Path("metrics/data.json")  # info.json's committed copy: splits and the design of the protocols
-WARP_CHUNK = 64  # images per TPS call; fixed, because the draws depend on it
 MIN_TEST_GROUPS = 4  # with limit_groups: two groups with skin tones, so cross_gt has pairs
 
 
@@ -215,22 +215,6 @@ def protocol_seeds(seed: int, split: str, index: int) -> tuple[np.random.Generat
         return np.random.default_rng([seed, index]), seed * len(PROTOCOLS) + index
     pairing, warping = np.random.SeedSequence([seed, index, SPLITS.index(split)]).spawn(2)
     return np.random.default_rng(pairing), int(warping.generate_state(1, np.uint64)[0])
-
-
-def warp_all(images: list[np.ndarray], tps_scale: float, seed: int) -> list[np.ndarray]:
-    """TPS-warp uint8 RGB images with a private, seeded torch RNG (global state untouched)."""
-    import torch
-
-    from linebridge.data.augment import warp
-
-    out: list[np.ndarray] = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for start in range(0, len(images), WARP_CHUNK):
-            batch = torch.from_numpy(np.stack(images[start : start + WARP_CHUNK])).permute(0, 3, 1, 2)
-            warped = warp(batch.float() / 127.5 - 1.0, tps_scale)
-            out.extend(((warped + 1.0) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy())
-    return out
 
 
 # ---------------------------------------------------------------- the stage

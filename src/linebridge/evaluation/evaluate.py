@@ -44,6 +44,7 @@ from linebridge.core.config import (
 )
 from linebridge.core.io import save_with, write_atomic, write_json
 from linebridge.core.runs import save_sample_grid
+from linebridge.core.tracking import log_results
 from linebridge.data.datasets import ProtocolDataset
 from linebridge.data.splits import GRID_ITEMS, PROTOCOLS, spread
 from linebridge.data.styles import STYLE_PROTOCOLS, STYLED
@@ -434,28 +435,3 @@ def main(args: argparse.Namespace) -> int:
     else:
         log_results(ckpt, results, "test")
     return 0
-
-
-def log_results(checkpoint: Path, results: dict[str, Any], prefix: str) -> None:
-    """Each protocol's means as `PREFIX/PROTOCOL/METRIC` on the MLflow run that trained `checkpoint`.
-
-    So `mlflow ui` compares models by their test metrics next to their training curves.
-    """
-    from linebridge.core.tracking import log_to_run, tracking_uri
-
-    run_file = checkpoint.parent / "mlflow_run_id"
-    if not run_file.exists():
-        print(f"not logged to MLflow: {checkpoint.parent} has no mlflow_run_id (trained with --no-mlflow)")
-        return
-    values = {
-        f"{prefix}/{protocol}/{metric}": value["mean"] if "mean" in value else value["value"]
-        for protocol, res in results.items()
-        for metric, value in res["metrics"].items()
-        if not value.get("unavailable") and (value.get("mean", value.get("value")) is not None)
-    }
-    values = {k: v for k, v in values.items() if v == v}  # NaN (e.g. no tone pixels) is not a metric
-    run_id = run_file.read_text().strip()
-    if log_to_run(run_id, values):
-        print(f"logged {len(values)} test metrics to MLflow run {run_id}")
-    else:
-        print(f"not logged to MLflow: {tracking_uri()} has no run {run_id} (trained against another store)")
