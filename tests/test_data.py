@@ -9,7 +9,10 @@ import csv
 import hashlib
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -387,6 +390,21 @@ def test_tps_warp_moves_pixels_but_keeps_colours():
     same = torch.stack([(hist(warped[i]) - hist(gt[i])).abs().sum() for i in range(n)]).mean()
     other = torch.stack([(hist(gt[i]) - hist(gt[(i + 1) % n])).abs().sum() for i in range(n)]).mean()
     assert same < 0.5 * other  # measured: 0.37 vs 1.13 (the white margin grows or shrinks a little)
+
+
+def test_fixed_references_are_the_same_bytes_on_another_cpu():
+    """The prepared references (warp_all) do not depend on the CPU's instruction set: a clone on another machine
+    prepares the same data and keeps every recorded training. Here MKL is made to use SSE4.2 kernels only, as on
+    an older CPU; in float32 this warp gives other bytes (measured)."""
+    code = (
+        "import sys, numpy as np; from linebridge.data.augment import warp_all; "
+        "images = list(np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)); "
+        "sys.stdout.write(np.stack(warp_all(images, 0.2, 3)).tobytes().hex())"
+    )
+    env = {**os.environ, "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "MKL_CBWR": "SSE4_2", "OMP_NUM_THREADS": "1"}
+    there = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    images = list(np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8))
+    assert bytes.fromhex(there) == np.stack(warp_all(images, 0.2, 3)).tobytes()
 
 
 def test_make_reference_same_seed_same_bytes():

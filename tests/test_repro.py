@@ -179,7 +179,14 @@ def test_two_stages_at_once_each_after_what_it_waits_for(tmp_path, monkeypatch):
 def test_killed_it_stops_its_stages_and_goes_on_next_time(tmp_path):
     root = dvc_repo(tmp_path, seconds=10)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.Popen(["linebridge", "repro"], cwd=root, env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(  # started as a shell starts a background job (`make repro &`): SIGINT ignored
+        ["linebridge", "repro"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
     deadline = time.time() + 60
     while not ((root / "a.start").exists() and (root / "b.start").exists()) and time.time() < deadline:
         time.sleep(0.2)  # until both stages' commands run

@@ -258,7 +258,13 @@ class Scheduler:
         cmd = [self.dvc, "--wait-for-lock", "repro", "--single-item", stage]  # DVC locks briefly around each stage
         with log.open("w") as fh:
             proc = subprocess.Popen(  # a process group of its own: `stop` interrupts the stage's command too
-                cmd, cwd=repo_root(), env=self.env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+                cmd,
+                cwd=repo_root(),
+                env=self.env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=interruptible,
             )
         self.running[stage] = (proc, time.perf_counter(), log)
 
@@ -305,6 +311,13 @@ class Scheduler:
         stopped = ", ".join(self.running) or "no stage"
         print(f"interrupted: {stopped} stopped, {len(self.done)} stages recorded; run again to go on", flush=True)
         return 130
+
+
+def interruptible() -> None:
+    """In a stage's process, before DVC starts: Ctrl-C (SIGINT) back to its default. A shell starts a background
+    job (`make repro &`, `nohup ... &`) with SIGINT ignored, and an ignored signal stays ignored in every child,
+    so without this `stop` could not interrupt the stages of a study started that way."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def interrupt(signum: int, frame: object) -> None:

@@ -35,13 +35,18 @@ def warp(gt: Tensor, tps_scale: float) -> Tensor:
 
 
 def warp_all(images: list[np.ndarray], tps_scale: float, seed: int) -> list[np.ndarray]:
-    """TPS-warp uint8 RGB images with a private, seeded torch RNG (global state untouched)."""
+    """TPS-warp uint8 RGB images with a private, seeded torch RNG (global state untouched): the fixed references.
+
+    In float64, so the bytes are the same on every CPU: in float32 the spline's solve (MKL, which picks its
+    kernels by the CPU's instruction set) moves some pixels across a rounding edge, and a clone on another
+    machine would prepare other references and have to retrain every run.
+    """
     out: list[np.ndarray] = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for start in range(0, len(images), WARP_CHUNK):
             batch = torch.from_numpy(np.stack(images[start : start + WARP_CHUNK])).permute(0, 3, 1, 2)
-            warped = warp(batch.float() / 127.5 - 1.0, tps_scale)
+            warped = warp(batch.double() / 127.5 - 1.0, tps_scale)
             out.extend(((warped + 1.0) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy())
     return out
 
