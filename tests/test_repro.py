@@ -179,7 +179,7 @@ def test_two_stages_at_once_each_after_what_it_waits_for(tmp_path, monkeypatch):
 def test_killed_it_stops_its_stages_and_goes_on_next_time(tmp_path):
     root = dvc_repo(tmp_path, seconds=10)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.Popen(  # started as a shell starts a background job (`make repro &`): SIGINT ignored
+    proc = subprocess.Popen(  # as a script's `make repro &` starts it: SIGINT ignored
         ["linebridge", "repro"],
         cwd=root,
         env=env,

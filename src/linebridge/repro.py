@@ -314,9 +314,9 @@ class Scheduler:
 
 
 def interruptible() -> None:
-    """In a stage's process, before DVC starts: Ctrl-C (SIGINT) back to its default. A shell starts a background
-    job (`make repro &`, `nohup ... &`) with SIGINT ignored, and an ignored signal stays ignored in every child,
-    so without this `stop` could not interrupt the stages of a study started that way."""
+    """In a stage's process, before DVC starts: Ctrl-C (SIGINT) back to its default. A shell without job control
+    (a script, `sh -c`, a command over ssh) starts `make repro &` with SIGINT ignored, and an ignored signal stays
+    ignored in every child, so without this `stop` could not interrupt the stages of a study started that way."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
