@@ -20,6 +20,7 @@ from linebridge.repro import (
     AT_ONCE_GAIN,
     DEFAULT_GUESS,
     FIRST_GUESS,
+    Scheduler,
     clock,
     dag,
     eta,
@@ -118,18 +119,34 @@ def test_a_clone_runs_what_changed_and_what_it_needs_of_the_stages_whose_data_it
     only by the committed metrics it wrote, and the recorded evaluations stay done."""
     before, status = clone_status({"A0-s0": True, "A5-s0": True, "A5-s1": False})
     recorded = set(before) - {"train@A5-s1", "evaluate@A5-s1"}
-    assert to_run(before, status, recorded) == ["prepare", "train@A5-s0", "train@A5-s1", "evaluate@A5-s1", "report"]
+    stages, restore = to_run(before, status, recorded)
+    assert stages == ["prepare", "train@A5-s0", "train@A5-s1", "evaluate@A5-s1", "report"]
+    assert restore == {"prepare", "train@A5-s0"}
+
+
+def test_a_stage_run_again_only_for_its_outputs_starts_after_the_new_work():
+    """Of the stages ready at once, evaluations first, then trainings seed by seed; a training run again only to
+    bring back a checkpoint this clone lacks waits until every new training has started."""
+    waits = {s: set() for s in ("train@A5-s0", "train@A0-s2", "evaluate@A0-s1", "train@A0-s1", "train@A3-s1")}
+    scheduler = Scheduler("dvc", waits, 2, {}, frozenset({"train@A5-s0"}))
+    assert sorted(waits, key=scheduler.priority) == [
+        "evaluate@A0-s1",
+        "train@A0-s1",
+        "train@A3-s1",
+        "train@A0-s2",
+        "train@A5-s0",
+    ]
 
 
 def test_a_clone_of_a_finished_study_has_nothing_to_run_until_something_changes():
     before, status = clone_status({"A0-s0": True, "A5-s0": True})
     del status["report"]
-    assert to_run(before, status, set(before)) == []
+    assert to_run(before, status, set(before)) == ([], set())
     changed = {**status, "train@A0-s0": [{"changed deps": {"params.yaml": {"train": "modified"}}}]}
-    assert to_run(before, changed, set(before)) == ["prepare", "train@A0-s0", "evaluate@A0-s0", "report"]
+    assert to_run(before, changed, set(before))[0] == ["prepare", "train@A0-s0", "evaluate@A0-s0", "report"]
     gone = {**status, "evaluate@A0-s0": [{"changed deps": {"src/linebridge/evaluation": "deleted"}}]}
-    assert to_run(before, gone, set(before)) == ["evaluate@A0-s0", "report"]  # a deleted source is a change ...
-    assert to_run(before, gone, set(before) - {"report"}) == ["evaluate@A0-s0", "report"]  # ... a new stage runs
+    assert to_run(before, gone, set(before))[0] == ["evaluate@A0-s0", "report"]  # a deleted source is a change ...
+    assert to_run(before, gone, set(before) - {"report"})[0] == ["evaluate@A0-s0", "report"]  # ... a new stage runs
 
 
 def dvc_repo(root: Path, seconds: int = 3) -> Path:

@@ -3,7 +3,8 @@
 The stages still to run are those `dvc status` lists and everything downstream of them; a stage starts once every
 stage it depends on (`dvc dag`) has finished. A stage whose only change is data this clone lacks (its dvc.lock entry
 committed by the sitting that ran it, its checkpoints in that sitting's DVC cache) counts as done, as under
-`dvc repro --allow-missing`, unless a stage to run reads its outputs: then it runs again first. So a fresh clone of
+`dvc repro --allow-missing`, unless a stage to run reads its outputs: then it runs again before that stage, and
+after every other stage ready by then, since a sitting stopped sooner would lose it with its clone. So a fresh clone of
 a study stopped part-way goes on with the runs still to do, and one of a finished study has nothing to do. (A stage
 run again this way gives the same bytes on the same machine; where it does not, what reads its outputs runs again
 in a second round, as `dvc repro` would.)
@@ -126,11 +127,12 @@ def lacks_only_data(reasons: list, upstream: set[str]) -> bool:
     return True
 
 
-def to_run(before: dict[str, set[str]], status: dict[str, list], recorded: set[str]) -> list[str]:
+def to_run(before: dict[str, set[str]], status: dict[str, list], recorded: set[str]) -> tuple[list[str], set[str]]:
     """The stages to run, in order: those changed (never recorded in dvc.lock, or changed in more than missing
     data), everything downstream of them, and each recorded stage whose outputs this clone lacks where a stage to
     run reads them (the prepared data, a checkpoint), and so on upstream. Files, not stages, decide the last: a
-    stage that reads only the committed metrics of a training does not bring back its checkpoint."""
+    stage that reads only the committed metrics of a training does not bring back its checkpoint. Also returned:
+    those last stages, run again only to bring back outputs (the scheduler starts them as late as it can)."""
     order = topological(before)
     lacks = {stage: missing(status.get(stage, []), OUTS) for stage in order}
     run = set()
@@ -143,22 +145,24 @@ def to_run(before: dict[str, set[str]], status: dict[str, list], recorded: set[s
     for stage in order:  # close over the downstream stages
         if before[stage] & run:
             run.add(stage)
+    restore: set[str] = set()
     for stage in reversed(order):  # and over the upstream ones with outputs a stage to run needs
-        if stage in run:
+        if stage in run or stage in restore:
             needs = missing(status.get(stage, []), DEPS)
-            run |= {up for up in before[stage] if any(overlaps(out, path) for out in lacks[up] for path in needs)}
-    return [stage for stage in order if stage in run]
+            ups = {up for up in before[stage] if any(overlaps(out, path) for out in lacks[up] for path in needs)}
+            restore |= ups - run
+    return [stage for stage in order if stage in run | restore], restore
 
 
-def pending(dvc: str) -> dict[str, set[str]]:
+def pending(dvc: str) -> tuple[dict[str, set[str]], set[str]]:
     """The stages still to run (`to_run`) → those of them each waits for, in an order DVC can run them (empty when
-    the study is up to date)."""
+    the study is up to date); and those run again only for their outputs."""
     before = dag(dvc_out(dvc, "dag", "--dot"))
     status = json.loads(dvc_out(dvc, "status", "--json") or "{}")
     lock = repo_root() / "dvc.lock"
     recorded = set((yaml.safe_load(lock.read_text()) or {}).get("stages", {})) if lock.exists() else set()
-    stages = to_run(before, status, recorded)
-    return {stage: before[stage] & set(stages) for stage in stages}
+    stages, restore = to_run(before, status, recorded)
+    return {stage: before[stage] & set(stages) for stage in stages}, restore
 
 
 def read_record(root: Path) -> dict[str, Any]:
@@ -221,8 +225,15 @@ def open_tracking_store() -> None:
 class Scheduler:
     """Runs the pending stages, `jobs` at once, each after the stages it waits for; prints progress."""
 
-    def __init__(self, dvc: str, waits: dict[str, set[str]], jobs: int, env: dict[str, str]) -> None:
-        self.dvc, self.waits, self.jobs, self.env = dvc, waits, jobs, env
+    def __init__(
+        self,
+        dvc: str,
+        waits: dict[str, set[str]],
+        jobs: int,
+        env: dict[str, str],
+        restore: frozenset[str] = frozenset(),
+    ) -> None:
+        self.dvc, self.waits, self.jobs, self.env, self.restore = dvc, waits, jobs, env, restore
         self.todo, self.done, self.failed = list(waits), set(), []
         self.running: dict[str, tuple[subprocess.Popen, float, Path]] = {}
         self.record = read_record(repo_root())
@@ -233,9 +244,8 @@ class Scheduler:
     def run(self) -> int:
         self.logs.mkdir(parents=True, exist_ok=True)
         while self.todo or self.running:
-            # a run's evaluation before the next training: each run's chain is complete as soon as it can be
             ready = [s for s in self.todo if self.waits[s] <= self.done and not self.failed]
-            ready.sort(key=lambda s: (family(s).startswith("train"), seed_of(s)))
+            ready.sort(key=self.priority)
             for stage in ready[: self.jobs - len(self.running)]:
                 self.launch(stage)
             if not self.running:
@@ -247,6 +257,13 @@ class Scheduler:
             return 1
         print(f"{len(self.waits)} stages ran in {clock(time.perf_counter() - self.start_time)}", flush=True)
         return 0
+
+    def priority(self, stage: str) -> tuple[bool, bool, int]:
+        """Which ready stage starts first. A run's evaluation before the next training, so each run's chain is
+        complete as soon as it can be; trainings seed by seed. A stage run again only to bring back outputs this
+        clone lacks (the method's checkpoint, which the release reads) last: a sitting stopped before the stages
+        that need it then loses no time on it, since a fresh clone would lack it again."""
+        return stage in self.restore, family(stage).startswith("train"), seed_of(stage)
 
     def launch(self, stage: str) -> None:
         self.todo.remove(stage)
@@ -328,7 +345,7 @@ def main(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     dvc = shutil.which(args.dvc) or args.dvc
-    waits = pending(dvc)
+    waits, restore = pending(dvc)
     if not waits:
         print("the study is up to date: nothing to run")
         return 0
@@ -338,11 +355,11 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, interrupt)  # `kill` stops the stages in progress like Ctrl-C
     started = time.perf_counter()
     for _ in range(ROUNDS):
-        scheduler = Scheduler(dvc, waits, args.jobs, {**os.environ, "OMP_NUM_THREADS": threads})
+        scheduler = Scheduler(dvc, waits, args.jobs, {**os.environ, "OMP_NUM_THREADS": threads}, frozenset(restore))
         print(f"{len(waits)} stages to run, {args.jobs} at once ({threads} threads each); logs in {LOG_DIR}/")
         try:
             code = scheduler.run()
-            waits = pending(dvc) if code == 0 else {}
+            waits, restore = pending(dvc) if code == 0 else ({}, set())
         except KeyboardInterrupt:
             return scheduler.stop()
         if not waits:
