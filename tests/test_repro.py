@@ -20,6 +20,7 @@ from linebridge.repro import (
     AT_ONCE_GAIN,
     DEFAULT_GUESS,
     FIRST_GUESS,
+    Plan,
     Scheduler,
     clock,
     dag,
@@ -128,7 +129,7 @@ def test_a_stage_run_again_only_for_its_outputs_starts_after_the_new_work():
     """Of the stages ready at once, evaluations first, then trainings seed by seed; a training run again only to
     bring back a checkpoint this clone lacks waits until every new training has started."""
     waits = {s: set() for s in ("train@A5-s0", "train@A0-s2", "evaluate@A0-s1", "train@A0-s1", "train@A3-s1")}
-    scheduler = Scheduler("dvc", waits, 2, {}, frozenset({"train@A5-s0"}))
+    scheduler = Scheduler("dvc", Plan(waits, restore=frozenset({"train@A5-s0"})), 2, {})
     assert sorted(waits, key=scheduler.priority) == [
         "evaluate@A0-s1",
         "train@A0-s1",
@@ -151,7 +152,8 @@ def test_a_clone_of_a_finished_study_has_nothing_to_run_until_something_changes(
 
 def dvc_repo(root: Path, seconds: int = 3) -> Path:
     """A git + DVC repo with stages a and b (independent, `seconds` each) and c after both; params.yaml marks the
-    root."""
+    root. a keeps a persistent folder (a.state), as a training keeps its checkpoints, so an interrupted a goes on
+    from it; b starts over."""
     dvc = str(Path(sys.executable).parent / "dvc")
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     subprocess.run([dvc, "init", "-q"], cwd=root, check=True)
@@ -160,12 +162,12 @@ def dvc_repo(root: Path, seconds: int = 3) -> Path:
     # takes 2 s to stop, as a training saving its checkpoint does
     stage = "    cmd: trap 'sleep 2; exit 130' INT; "
     stage += f"date +%s.%N > {{0}}.start && sleep {seconds} && date +%s.%N > {{0}}.end && echo {{0}} > {{0}}.txt\n"
-    stage += "    outs: [{0}.txt]\n"
+    stage += "    outs: [{0}.txt{1}]\n"
     (root / "dvc.yaml").write_text(
         "stages:\n  a:\n"
-        + stage.format("a")
+        + stage.format("a", ", {a.state: {persist: true}}").replace("cmd: ", "cmd: mkdir -p a.state; ")
         + "  b:\n"
-        + stage.format("b")
+        + stage.format("b", "")
         + "  c:\n    cmd: cat a.txt b.txt > c.txt\n    deps: [a.txt, b.txt]\n    outs: [c.txt]\n"
     )
     return root
@@ -218,8 +220,12 @@ def test_killed_it_stops_its_stages_and_goes_on_next_time(tmp_path):
     assert set(interrupted) == {"a", "b"} and all(e["interrupted_s"] > 0 for e in interrupted.values())
     said = subprocess.run(["linebridge", "repro"], cwd=root, env=env, capture_output=True, text=True)
     assert said.returncode == 0 and (root / "c.txt").read_text() == "a\nb\n", said.stdout
-    stages = json.loads((root / "metrics" / "repro.json").read_text())["stages"]  # both attempts counted
-    assert stages["a"]["seconds"] >= 10 + interrupted["a"]["interrupted_s"] and "interrupted_s" not in stages["a"]
+    stages = json.loads((root / "metrics" / "repro.json").read_text())["stages"]
+    # a went on from its a.state: both attempts are its time; b started over: its first attempt was time lost
+    assert stages["a"]["seconds"] >= 10 + interrupted["a"]["interrupted_s"] and "lost_s" not in stages["a"]
+    assert stages["b"]["seconds"] >= 10
+    assert stages["b"]["lost_s"] == interrupted["b"]["interrupted_s"]
+    assert not any("interrupted_s" in e for e in stages.values())
 
 
 @pytest.mark.slow

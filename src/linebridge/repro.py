@@ -18,7 +18,8 @@ default of 2. Each stage's output goes to outputs/repro/STAGE.log; the terminal 
 with how many are done, the time so far and an estimate of the time left: a stage's expected time is the mean of
 the stages of its family (train, evaluate, ...) recorded at as many at once, else the family's estimate below,
 divided among the jobs. The record is metrics/repro.json, committed with dvc.lock: every stage's seconds (those of
-its interrupted attempts included) and, summed over the sittings that ran the study, its from-scratch time.
+the interrupted attempts it went on from included; those of attempts lost with another clone apart, as `lost_s`)
+and, summed over the sittings that ran the study, its from-scratch time.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -154,15 +155,39 @@ def to_run(before: dict[str, set[str]], status: dict[str, list], recorded: set[s
     return [stage for stage in order if stage in run | restore], restore
 
 
-def pending(dvc: str) -> tuple[dict[str, set[str]], set[str]]:
-    """The stages still to run (`to_run`) → those of them each waits for, in an order DVC can run them (empty when
-    the study is up to date); and those run again only for their outputs."""
+class Plan(NamedTuple):
+    """What a round of `linebridge repro` runs."""
+
+    waits: dict[str, set[str]]  # each stage still to run → those of them it waits for (empty: up to date)
+    restore: frozenset[str] = frozenset()  # stages run again only to bring back outputs this clone lacks
+    resumes: frozenset[str] = frozenset()  # stages that go on from an earlier attempt's output
+
+
+def pending(dvc: str) -> Plan:
+    """The stages still to run (`to_run`), in an order DVC can run them."""
     before = dag(dvc_out(dvc, "dag", "--dot"))
     status = json.loads(dvc_out(dvc, "status", "--json") or "{}")
     lock = repo_root() / "dvc.lock"
     recorded = set((yaml.safe_load(lock.read_text()) or {}).get("stages", {})) if lock.exists() else set()
     stages, restore = to_run(before, status, recorded)
-    return {stage: before[stage] & set(stages) for stage in stages}, restore
+    waits = {stage: before[stage] & set(stages) for stage in stages}
+    return Plan(waits, frozenset(restore), resumable(stages))
+
+
+def resumable(stages: list[str]) -> frozenset[str]:
+    """The `stages` with a persistent output in this clone (a training's checkpoint folder): they go on from an
+    earlier attempt, whose seconds count towards theirs. Any other stage starts over, and an attempt interrupted in
+    another clone is time lost, not part of the stage's."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo_root())) as repo:
+        return frozenset(
+            name
+            for name in stages
+            for stage in repo.stage.collect(name)
+            for out in stage.outs
+            if out.persist and out.exists
+        )
 
 
 def read_record(root: Path) -> dict[str, Any]:
@@ -225,16 +250,9 @@ def open_tracking_store() -> None:
 class Scheduler:
     """Runs the pending stages, `jobs` at once, each after the stages it waits for; prints progress."""
 
-    def __init__(
-        self,
-        dvc: str,
-        waits: dict[str, set[str]],
-        jobs: int,
-        env: dict[str, str],
-        restore: frozenset[str] = frozenset(),
-    ) -> None:
-        self.dvc, self.waits, self.jobs, self.env, self.restore = dvc, waits, jobs, env, restore
-        self.todo, self.done, self.failed = list(waits), set(), []
+    def __init__(self, dvc: str, plan: Plan, jobs: int, env: dict[str, str]) -> None:
+        self.dvc, self.waits, self.restore, self.resumes, self.jobs, self.env = dvc, *plan, jobs, env
+        self.todo, self.done, self.failed = list(plan.waits), set(), []
         self.running: dict[str, tuple[subprocess.Popen, float, Path]] = {}
         self.record = read_record(repo_root())
         self.took = recorded_times(self.record, jobs)
@@ -267,6 +285,8 @@ class Scheduler:
 
     def launch(self, stage: str) -> None:
         self.todo.remove(stage)
+        if stage not in self.resumes:
+            self.lose_earlier_attempts(stage)
         left = clock(eta(self.todo + [stage] + list(self.running), self.took, self.jobs))
         elapsed = clock(time.perf_counter() - self.start_time)
         count = f"[{len(self.done) + len(self.running) + 1}/{len(self.waits)}]"
@@ -300,14 +320,22 @@ class Scheduler:
                 tail = log.read_text(errors="replace").strip().splitlines()[-15:]
                 print(f"{stage} failed (exit {proc.returncode}); last lines of {log}:", *tail, sep="\n  ", flush=True)
 
+    def lose_earlier_attempts(self, stage: str) -> None:
+        """A stage that starts over: the seconds of its interrupted attempts become `lost_s`, which the from-scratch
+        time leaves out (a clone that lacks their checkpoint cannot go on from them)."""
+        entry = self.record["stages"].get(stage, {})
+        if "interrupted_s" in entry:
+            entry["lost_s"] = round(entry.get("lost_s", 0.0) + entry.pop("interrupted_s"), 1)
+
     def note(self, stage: str, seconds: float, finished: bool) -> float:
-        """Record a stage's seconds in metrics/repro.json: those of a finished stage (with any earlier attempts that
-        were interrupted, since a stage resumes where they stopped), or those of an interrupted attempt."""
+        """Record a stage's seconds in metrics/repro.json: those of a finished stage (with the interrupted attempts
+        it went on from), or those of an interrupted attempt."""
         entry = self.record["stages"].setdefault(stage, {})
         spent = seconds + entry.pop("interrupted_s", 0.0)
         if finished:
+            lost = {"lost_s": entry["lost_s"]} if "lost_s" in entry else {}
             entry.clear()
-            entry.update(seconds=round(spent, 1), at_once=self.jobs, threads=int(self.env["OMP_NUM_THREADS"]))
+            entry.update(seconds=round(spent, 1), at_once=self.jobs, threads=int(self.env["OMP_NUM_THREADS"]), **lost)
             entry.update(host=platform.node(), date=datetime.date.today().isoformat())
         else:
             entry["interrupted_s"] = round(spent, 1)
@@ -345,8 +373,8 @@ def main(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     dvc = shutil.which(args.dvc) or args.dvc
-    waits, restore = pending(dvc)
-    if not waits:
+    plan = pending(dvc)
+    if not plan.waits:
         print("the study is up to date: nothing to run")
         return 0
     if args.jobs > 1:
@@ -355,16 +383,18 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, interrupt)  # `kill` stops the stages in progress like Ctrl-C
     started = time.perf_counter()
     for _ in range(ROUNDS):
-        scheduler = Scheduler(dvc, waits, args.jobs, {**os.environ, "OMP_NUM_THREADS": threads}, frozenset(restore))
-        print(f"{len(waits)} stages to run, {args.jobs} at once ({threads} threads each); logs in {LOG_DIR}/")
+        scheduler = Scheduler(dvc, plan, args.jobs, {**os.environ, "OMP_NUM_THREADS": threads})
+        print(f"{len(plan.waits)} stages to run, {args.jobs} at once ({threads} threads each); logs in {LOG_DIR}/")
         try:
             code = scheduler.run()
-            waits, restore = pending(dvc) if code == 0 else ({}, set())
+            plan = pending(dvc) if code == 0 else Plan({})
         except KeyboardInterrupt:
             return scheduler.stop()
-        if not waits:
+        if not plan.waits:
             if code == 0:
                 print(f"the study is up to date after {clock(time.perf_counter() - started)}")
             return code
-        print(f"a stage run again for its missing outputs wrote other bytes: {len(waits)} stages that read them follow")
+        print(
+            f"a stage run again for missing outputs wrote other bytes: {len(plan.waits)} stages that read them follow"
+        )
     raise UserError(f"the study was still not up to date after {ROUNDS} rounds; see `dvc status`")
